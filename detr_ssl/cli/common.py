@@ -1,0 +1,33 @@
+"""What every command-line entry point shares: one-line errors and the Accelerator set-up."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+
+from detr_ssl.config import RunConfig
+from detr_ssl.errors import DetrSslError
+
+
+def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
+    """Runs ``main``; a user-fixable problem (DetrSslError) becomes ``error: ...`` on stderr and exit
+    status 2 instead of a traceback."""
+    try:
+        return main(list(sys.argv[1:] if argv is None else argv))
+    except DetrSslError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def make_accelerator(run: RunConfig, grad_accum_steps: int = 1, find_unused_parameters: bool = False) -> Accelerator:
+    """The run's Accelerator. Data order comes from a sampler seeded with (seed, epoch), so it is the
+    same on every process, after every resume, and for any number of workers."""
+    return Accelerator(
+        cpu=run.cpu,
+        mixed_precision=run.mixed_precision,
+        gradient_accumulation_steps=grad_accum_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=run.seed),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+    )

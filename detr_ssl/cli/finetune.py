@@ -1,0 +1,81 @@
+"""``scripts/finetune.py``: supervised Deformable DETR training on COCO-format data, then COCO evaluation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from accelerate.utils import set_seed
+
+from detr_ssl.cli.common import make_accelerator, run_main
+from detr_ssl.config import DataConfig, FinetuneConfig, parse_finetune_args, to_plain
+from detr_ssl.datasets import CocoDetection, demo_detection_dataset, make_eval_transforms, make_train_transforms
+from detr_ssl.engine.checkpoint import load_pretrained
+from detr_ssl.engine.evaluate import make_coco_evaluate
+from detr_ssl.engine.trainer import Trainer
+from detr_ssl.errors import ConfigError, DataError
+from detr_ssl.evaluation import write_metrics_json
+from detr_ssl.models.deformable_detr import build_model
+from detr_ssl.tasks.supervised import SupervisedTask
+
+
+def resolve_data(data: DataConfig) -> DataConfig:
+    """Fills in the embedded demo set when no training JSON is given; checks the flags belong together."""
+    if data.train_json is None:
+        if data.val_json is not None or data.images is not None:
+            raise ConfigError("--val-json/--images given without --train-json")
+        paths = demo_detection_dataset()
+        return replace(data, train_json=paths.train_json, val_json=paths.val_json, images=paths.image_dir)
+    if data.val_json is None or data.images is None:
+        raise ConfigError("--train-json needs --val-json and --images too")
+    return data
+
+
+def load_datasets(data: DataConfig) -> tuple[CocoDetection, CocoDetection]:
+    train = CocoDetection(data.train_json, data.images,
+                          make_train_transforms(data.train_scales, data.max_size, data.crop))
+    val = CocoDetection(data.val_json, data.val_images or data.images,
+                        make_eval_transforms(data.eval_size, data.max_size))
+    if val.category_ids != train.category_ids:
+        raise DataError(f"{data.val_json}: categories {val.category_ids} differ from the training "
+                        f"categories {train.category_ids} in {data.train_json}")
+    return train, val
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, float]:
+    """Trains and evaluates; returns the final COCO metrics (on the main process)."""
+    accelerator = make_accelerator(cfg.run, cfg.optim.grad_accum_steps,
+                                   find_unused_parameters=not cfg.loss.aux_loss)
+    set_seed(cfg.run.seed)
+    with accelerator.main_process_first():
+        data = resolve_data(cfg.data)
+        train_set, val_set = load_datasets(data)
+    cfg = replace(cfg, data=data)
+    model = build_model(cfg.model, train_set.num_classes)
+    if cfg.pretrained is not None:
+        missing, dropped = load_pretrained(model, cfg.pretrained)
+        accelerator.print(f"initialised from {cfg.pretrained}: {len(missing)} tensors left at init, "
+                          f"{len(dropped)} checkpoint tensors not used" + (f" (e.g. {dropped[:3]})" if dropped else ""))
+    task = SupervisedTask(train_set.num_classes, cfg.loss)
+    evaluate = make_coco_evaluate(accelerator, val_set, cfg.optim.batch_size, cfg.data.num_workers)
+    trainer = Trainer(
+        accelerator, model, task, train_set, cfg.optim, cfg.run, num_workers=cfg.data.num_workers,
+        evaluate=evaluate,
+        checkpoint_extra={"config": to_plain(cfg), "num_classes": train_set.num_classes,
+                          "category_ids": train_set.category_ids},
+    )
+    metrics = trainer.fit() or evaluate(trainer.model)
+    if accelerator.is_main_process:
+        write_metrics_json(cfg.run.output_dir / "metrics.json", metrics)
+        accelerator.print(f"metrics written to {cfg.run.output_dir / 'metrics.json'}: {json.dumps(metrics)}")
+    accelerator.end_training()
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    finetune(parse_finetune_args(argv))
+    return 0
+
+
+def cli() -> int:
+    return run_main(main)

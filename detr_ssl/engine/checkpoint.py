@@ -1,0 +1,97 @@
+"""Checkpoints: plain dicts written atomically, read with ``weights_only=True``.
+
+Layout of a training checkpoint (``torch.save`` of a dict):
+``model`` (state dict), ``optimizer``, ``lr_scheduler``, ``epoch`` (epochs completed), ``step``
+(optimizer steps completed), ``batch_in_epoch`` (batches of the current epoch already consumed),
+``config`` (the run's config as plain builtins), ``num_classes``, ``category_ids``, ``rng`` (see
+:mod:`detr_ssl.engine.rng`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detr_ssl.errors import CheckpointError
+from detr_ssl.models.checkpoint_io import load_untrusted
+
+LATEST = "checkpoint.pth"
+_EPOCH_FILE = re.compile(r"checkpoint_(\d{4,})\.pth$")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Writes to a temporary file in the same folder, flushes it to disk, then renames it over ``path``:
+    a reader (or a crash) sees either the old file or the complete new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_training_checkpoint(state: dict[str, Any], output_dir: Path, epoch: int, keep_last: int) -> Path:
+    """Saves ``checkpoint_{epoch:04d}.pth`` and ``checkpoint.pth`` (the latest), and prunes older epoch
+    files beyond ``keep_last``."""
+    output_dir = Path(output_dir)
+    epoch_path = output_dir / f"checkpoint_{epoch:04d}.pth"
+    atomic_torch_save(state, epoch_path)
+    atomic_torch_save(state, output_dir / LATEST)
+    epoch_files = sorted(p for p in output_dir.glob("checkpoint_*.pth") if _EPOCH_FILE.search(p.name))
+    for old in epoch_files[: max(0, len(epoch_files) - keep_last)]:
+        old.unlink(missing_ok=True)
+    return epoch_path
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """``None`` -> None; ``'auto'`` -> the latest checkpoint in ``output_dir`` (None if there is none
+    yet, so the same command starts or continues a run); a path -> that path, which must exist."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        latest = Path(output_dir) / LATEST
+        return latest if latest.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: --resume checkpoint not found")
+    return path
+
+
+def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_training_checkpoint`, validated."""
+    state = load_untrusted(path)
+    required = {"model", "optimizer", "lr_scheduler", "epoch", "step"}
+    if not isinstance(state, dict) or not required <= state.keys():
+        missing = sorted(required - set(state)) if isinstance(state, dict) else sorted(required)
+        raise CheckpointError(f"{path}: not a detr-ssl training checkpoint (missing {', '.join(missing)})")
+    return state
+
+
+def load_pretrained(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
+    """Initialises ``model`` from a checkpoint non-strictly.
+
+    Tensors whose shape differs from the model's (the class head when the class count changes) are
+    dropped, as are keys the model lacks. Returns (missing keys, dropped keys) for reporting.
+    """
+    from detr_ssl.models.checkpoint_io import load_state_dict_file
+
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not kept:
+        raise CheckpointError(f"{path}: no tensor in this checkpoint fits the model")
+    dropped = sorted(set(state) - set(kept))
+    result = model.load_state_dict(kept, strict=False)
+    return sorted(result.missing_keys), dropped

@@ -1,0 +1,52 @@
+"""The evaluation loop: every process predicts its shard, the main process scores with pycocotools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from detr_ssl.datasets import CocoDetection, collate_detection
+from detr_ssl.engine.trainer import Evaluate
+from detr_ssl.evaluation import CocoEvaluator, postprocess
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator, top_k: int = 100) -> list[dict[str, Any]]:
+    """Detections for every image of ``loader`` (all processes' shards, gathered): a list of
+    ``{"image_id", "scores", "labels", "boxes"}`` with boxes as absolute xyxy of the original image."""
+    was_training = model.training
+    model.eval()
+    results: list[dict[str, Any]] = []
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
+        outputs = model(batch.images, batch.mask)
+        orig_sizes = torch.stack([t["orig_size"] for t in batch.targets])
+        detections = postprocess(outputs, orig_sizes, top_k=top_k)
+        for target, det in zip(batch.targets, detections):
+            results.append({"image_id": int(target["image_id"]), **{k: v.cpu() for k, v in det.items()}})
+    model.train(was_training)
+    return accelerator.gather_for_metrics(results, use_gather_object=True)
+
+
+def make_coco_evaluate(accelerator: Accelerator, dataset: CocoDetection, batch_size: int,
+                       num_workers: int = 0) -> Evaluate:
+    """A callable ``model -> COCO box metrics`` over ``dataset`` (metrics are computed on the main
+    process; other processes get an empty dict)."""
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                            num_workers=num_workers, collate_fn=collate_detection))
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        detections = predict(model, loader, accelerator)
+        if not accelerator.is_main_process:
+            return {}
+        evaluator = CocoEvaluator(dataset.coco, dataset.category_ids)
+        unique = {d["image_id"]: d for d in detections}  # even_batches may repeat an image
+        for det in unique.values():
+            evaluator.update(det["image_id"], det)
+        return evaluator.compute()
+
+    return evaluate

@@ -1,0 +1,42 @@
+"""Reading weight files that users hand us: always ``weights_only=True``, always a clear error."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detr_ssl.errors import CheckpointError
+
+
+def load_untrusted(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` on CPU; a missing file or a pickle payload becomes
+    a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects beyond tensors and plain containers "
+            f"(weights_only=True); re-save it as a plain state dict ({str(exc).splitlines()[0]})"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file holding either the dict itself or a checkpoint with a ``model`` /
+    ``state_dict`` entry."""
+    obj = load_untrusted(path)
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor)")
+    return obj

@@ -1,0 +1,161 @@
+"""The Deformable DETR detector: backbone -> multi-scale projection -> deformable encoder/decoder -> heads.
+
+Task-agnostic by design: UP-DETR adds per-query embeddings and a decoder self-attention mask through
+``forward``'s optional arguments, and extra heads read ``DetectionOutput.hidden_states``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detr_ssl.models.backbone import Backbone
+from detr_ssl.models.config import ModelConfig
+from detr_ssl.models.deformable_transformer import DecoderLayer, DeformableDecoder, DeformableEncoder, EncoderLayer
+from detr_ssl.models.heads import box_head, class_head
+from detr_ssl.models.outputs import DetectionOutput
+from detr_ssl.models.position_encoding import SinePositionEncoding
+from detr_ssl.models.two_stage import ProposalQuerySelector
+
+
+def _projection(in_channels: int, hidden_dim: int, stride: int) -> nn.Sequential:
+    """1x1 (stride 1) or 3x3 stride-2 convolution + GroupNorm, Xavier-initialised."""
+    conv = (nn.Conv2d(in_channels, hidden_dim, kernel_size=1) if stride == 1
+            else nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1))
+    nn.init.xavier_uniform_(conv.weight, gain=1)
+    nn.init.zeros_(conv.bias)
+    return nn.Sequential(conv, nn.GroupNorm(min(32, hidden_dim), hidden_dim))
+
+
+def _valid_ratio(mask: Tensor) -> Tensor:
+    """Unpadded fraction of a ``(B, H, W)`` map along (w, h): ``(B, 2)``."""
+    height, width = mask.shape[1:]
+    valid_h = (~mask[:, :, 0]).sum(1).float() / height
+    valid_w = (~mask[:, 0, :]).sum(1).float() / width
+    return torch.stack((valid_w, valid_h), dim=-1)
+
+
+def _heads(module: nn.Module, count: int, shared: bool) -> nn.ModuleList:
+    """``count`` heads: the same module repeated (shared weights) or independent copies."""
+    return nn.ModuleList(module if shared else copy.deepcopy(module) for _ in range(count))
+
+
+class DeformableDETR(nn.Module):
+    """Deformable DETR with optional iterative box refinement and two-stage queries.
+
+    Args:
+        config: architecture hyper-parameters.
+        num_classes: number of object classes (sigmoid outputs, no explicit background class).
+    """
+
+    def __init__(self, config: ModelConfig, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.config = config
+        self.num_classes = num_classes
+        d = config.hidden_dim
+        backbone_levels = min(3, config.num_feature_levels)
+        self.backbone = Backbone(config.backbone, config.backbone_norm, backbone_levels,
+                                 trainable=config.train_backbone, weights=config.backbone_weights)
+        channels = self.backbone.channels
+        projections = [_projection(c, d, stride=1) for c in channels]
+        extra_in = channels[-1]
+        for _ in range(config.num_feature_levels - backbone_levels):
+            projections.append(_projection(extra_in, d, stride=2))
+            extra_in = d
+        self.input_proj = nn.ModuleList(projections)
+        self.position_encoding = SinePositionEncoding(d // 2)
+        self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, d).normal_())
+
+        enc_layer = EncoderLayer(d, config.ffn_dim, config.dropout, config.num_feature_levels,
+                                 config.num_heads, config.enc_points, config.msda_backend)
+        self.encoder = DeformableEncoder(enc_layer, config.enc_layers)
+
+        # Per-layer heads when boxes are refined layer by layer; one extra pair scores two-stage proposals.
+        per_layer = config.with_box_refine or config.two_stage
+        num_heads = config.dec_layers + (1 if config.two_stage else 0)
+        self.class_heads = _heads(class_head(d, num_classes), num_heads, shared=not per_layer)
+        self.box_heads = _heads(box_head(d), num_heads, shared=not per_layer)
+        dec_layer = DecoderLayer(d, config.ffn_dim, config.dropout, config.num_feature_levels,
+                                 config.num_heads, config.dec_points, config.msda_backend)
+        self.decoder = DeformableDecoder(dec_layer, config.dec_layers, self.box_heads,
+                                         refine=config.with_box_refine)
+        if config.two_stage:
+            self.query_selector = ProposalQuerySelector(d, config.num_queries, self.class_heads[-1],
+                                                        self.box_heads[-1])
+        else:
+            self.query_embed = nn.Embedding(config.num_queries, 2 * d)
+            self.reference_points = nn.Linear(d, 2)
+            nn.init.xavier_uniform_(self.reference_points.weight, gain=1)
+            nn.init.zeros_(self.reference_points.bias)
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.config.hidden_dim
+
+    def multiscale_features(self, images: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Projected feature maps, their padding masks and position encodings (+ level embedding)."""
+        srcs, masks, positions = [], [], []
+        levels = self.backbone(images, mask)
+        feature = levels[-1][0]
+        for index, proj in enumerate(self.input_proj):
+            if index < len(levels):
+                feature, level_mask = levels[index]
+                src = proj(feature)
+            else:  # extra levels downsample the previous output (the raw C5 for the first one)
+                src = proj(feature if index == len(levels) else srcs[-1])
+                level_mask = F.interpolate(mask[None].float(), size=src.shape[-2:])[0].to(torch.bool)
+            srcs.append(src)
+            masks.append(level_mask)
+            positions.append(self.position_encoding(level_mask).to(src.dtype) + self.level_embed[index].view(1, -1, 1, 1))
+        return srcs, masks, positions
+
+    def forward(self, images: Tensor, mask: Tensor, query_extra: Tensor | None = None,
+                self_attn_mask: Tensor | None = None) -> DetectionOutput:
+        """Detects objects in a padded batch.
+
+        Args:
+            images: ``(B, 3, H, W)`` normalised, zero padded.
+            mask: ``(B, H, W)`` bool, True on padding.
+            query_extra: ``(B, Q, D)`` added to the decoder's content queries (UP-DETR patch features).
+            self_attn_mask: ``(Q, Q)`` bool, True where query i may *not* attend to query j.
+        """
+        srcs, masks, positions = self.multiscale_features(images, mask)
+        spatial_shapes = torch.tensor([s.shape[-2:] for s in srcs], dtype=torch.long, device=images.device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        valid_ratios = torch.stack([_valid_ratio(m) for m in masks], dim=1)
+        src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], dim=1)
+        pos_flat = torch.cat([p.flatten(2).transpose(1, 2) for p in positions], dim=1)
+        mask_flat = torch.cat([m.flatten(1) for m in masks], dim=1)
+
+        memory = self.encoder(src_flat, pos_flat, spatial_shapes, level_start_index, valid_ratios, mask_flat)
+
+        batch = images.shape[0]
+        encoder_out = None
+        if self.config.two_stage:
+            if query_extra is not None:
+                raise ValueError("query_extra is not supported with two-stage queries")
+            encoder_out, reference_points, tgt, query_pos = self.query_selector(memory, mask_flat, spatial_shapes)
+        else:
+            query_pos, tgt = self.query_embed.weight.split(self.hidden_dim, dim=1)
+            query_pos = query_pos[None].expand(batch, -1, -1)
+            tgt = tgt[None].expand(batch, -1, -1)
+            reference_points = self.reference_points(query_pos).sigmoid()
+        if query_extra is not None:
+            tgt = tgt + query_extra
+
+        hidden, boxes = self.decoder(tgt, query_pos, reference_points, memory, spatial_shapes,
+                                     level_start_index, valid_ratios, mask_flat, self_attn_mask)
+        logits = [head(h) for head, h in zip(self.class_heads, hidden)]
+        aux = [DetectionOutput(logits=lg, boxes=bx) for lg, bx in zip(logits[:-1], boxes[:-1])]
+        return DetectionOutput(logits=logits[-1], boxes=boxes[-1], aux=aux, encoder=encoder_out,
+                               hidden_states=hidden)
+
+
+def build_model(config: ModelConfig, num_classes: int) -> DeformableDETR:
+    """The detector for ``config`` with ``num_classes`` outputs."""
+    return DeformableDETR(config, num_classes)
