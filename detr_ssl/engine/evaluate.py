@@ -36,8 +36,9 @@ def make_coco_evaluate(accelerator: Accelerator, dataset: CocoDetection, batch_s
                        num_workers: int = 0) -> Evaluate:
     """A callable ``model -> COCO box metrics`` over ``dataset`` (metrics are computed on the main
     process; other processes get an empty dict)."""
-    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                            num_workers=num_workers, collate_fn=collate_detection))
+    # Own generator: evaluating must not move the training run's global RNG.
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                            collate_fn=collate_detection, generator=torch.Generator()))
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         detections = predict(model, loader, accelerator)

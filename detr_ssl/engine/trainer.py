@@ -70,8 +70,11 @@ class Trainer:
         self.progress = Progress()
         self.output_dir = Path(run.output_dir)
         self.train_set = SeededAugmentation(train_dataset, run.seed)
+        # A private generator: creating an iterator draws a worker seed from it, and drawing from the
+        # global generator instead would shift dropout after a mid-epoch resume.
         loader = DataLoader(self.train_set, batch_size=optim.batch_size, shuffle=True, num_workers=num_workers,
-                            collate_fn=collate_detection, drop_last=False)
+                            collate_fn=collate_detection, drop_last=False,
+                            generator=torch.Generator().manual_seed(run.seed))
         optimizer = build_optimizer(model, optim)
         # The schedule is stepped per epoch, once per process: it is deliberately not prepared, since
         # Accelerate would step a prepared scheduler once per process per call.

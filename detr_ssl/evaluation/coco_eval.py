@@ -16,7 +16,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
@@ -82,6 +81,7 @@ class CocoEvaluator:
     Only images passed to :meth:`update` are scored (a partial pass is scored on what it saw). An
     evaluator that saw no image at all scores every ground-truth image with no detections (AP 0).
 
+    >>> import torch
     >>> gt = {"images": [{"id": 7, "width": 100, "height": 80}], "categories": [{"id": 3, "name": "cat"}],
     ...       "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [10, 10, 50, 40]}]}
     >>> evaluator = CocoEvaluator(gt, category_ids=[3])

@@ -91,17 +91,17 @@ class _Levels:
 
 @dataclass(frozen=True)
 class _Taps:
-    """The four bilinear taps of every sampling point, corner-major so each corner is a contiguous block.
+    """The four bilinear taps of every sampling point, grouped by output row: ``(B, 4, K)``, corner-major
+    inside a row so each output row is one bag of ``4 * K`` taps and each corner a ``(B, K)`` slice.
 
-    ``index`` ``(4, B, K)``: row of the padded value viewed as ``(N * S' * M, D)``.
-    ``weight`` ``(4, B, K)``: attention weight x bilinear weight.
-    ``frac_x``, ``frac_y`` ``(N, Lq, M, L, P)``: position of the point inside its bilinear cell, in ``[0, 1)``.
+    ``index``: row of the padded value viewed as ``(N * S' * M, D)``.
+    ``weight``: attention weight x bilinear weight.
+    ``frac`` ``(N, Lq, M, L, P, 2)``: position of the point inside its bilinear cell, in ``[0, 1)``.
     """
 
     index: Tensor
     weight: Tensor
-    frac_x: Tensor
-    frac_y: Tensor
+    frac: Tensor
 
 
 def _index_dtype(*sizes: int) -> torch.dtype:
@@ -109,52 +109,50 @@ def _index_dtype(*sizes: int) -> torch.dtype:
     return torch.int32 if max(sizes) < 2**31 - 1 else torch.int64
 
 
+def _level_sizes(levels: _Levels, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(L, 1, 2)`` level ``(W, H)``: broadcasts against ``(..., L, P, 2)`` locations."""
+    return torch.tensor([[w, h] for h, w in levels.shapes], dtype=dtype, device=device).view(-1, 1, 2)
+
+
 def _taps(levels: _Levels, locations: Tensor, attention: Tensor) -> _Taps:
     """Tap indices and weights. ``locations`` ``(N, Lq, M, L, P, 2)``, ``attention`` ``(N, Lq, M, L, P)``."""
     n, queries, heads, n_levels, points, _ = locations.shape
-    device, dtype = locations.device, locations.dtype
+    device = locations.device
     rows = n * levels.padded_length * heads
-    itype = _index_dtype(rows, n * queries * heads * n_levels * points + 1)
+    itype = _index_dtype(rows, n * queries * heads * n_levels * points * _CORNERS + 1)
 
-    def per_level(values: list[int] | list[float], like: torch.dtype) -> Tensor:  # (L, 1): broadcasts over P
-        return torch.tensor(values, dtype=like, device=device).view(n_levels, 1)
-
-    widths = [w for _, w in levels.shapes]
-    heights = [h for h, _ in levels.shapes]
     # Pixel coordinates in the padded map: pixel i's centre, normalised (i + 0.5) / W, lands on i + _PAD.
-    x = locations[..., 0] * per_level(widths, dtype)
-    x += _PAD - 0.5
-    y = locations[..., 1] * per_level(heights, dtype)
-    y += _PAD - 0.5
-    x0, y0 = x.floor(), y.floor()
-    frac_x, frac_y = x.sub_(x0), y.sub_(y0)
-    zero = torch.zeros((), dtype=itype, device=device)
+    pixels = locations * _level_sizes(levels, locations.dtype, device)
+    pixels += _PAD - 0.5
+    cell = pixels.floor()
+    frac = pixels.sub_(cell)
     # Integer clamp (after the cast): also tames inf/NaN, whose cast is arbitrary, into the zero border.
-    col = x0.to(itype).clamp_(zero, per_level([w + _PAD for w in widths], itype))
-    row = y0.to(itype).clamp_(zero, per_level([h + _PAD for h in heights], itype))
+    low = torch.zeros((), dtype=itype, device=device)
+    cell = cell.to(itype).clamp_(low, _level_sizes(levels, itype, device) + _PAD)
 
-    row_stride = [(w + 2 * _PAD) * heads for w in widths]  # padded rows are W + 2*_PAD pixels of M heads
-    top_left = row.mul_(per_level(row_stride, itype)).add_(col, alpha=heads)
-    base = (  # (N, 1, M, L, 1): first row of image n, head m, level l
+    row_stride = [(w + 2 * _PAD) * heads for _, w in levels.shapes]  # padded rows: W + 2*_PAD pixels of M heads
+    top_left = cell[..., 1] * torch.tensor(row_stride, dtype=itype, device=device).view(-1, 1)
+    top_left.add_(cell[..., 0], alpha=heads)
+    top_left += (  # first row of image n, head m, level l: (N, 1, M, L, 1)
         torch.arange(n, dtype=itype, device=device).view(n, 1, 1, 1, 1) * (levels.padded_length * heads)
         + torch.arange(heads, dtype=itype, device=device).view(1, 1, heads, 1, 1)
         + (torch.tensor(levels.padded_starts, dtype=itype, device=device) * heads).view(1, 1, 1, n_levels, 1)
     )
-    top_left += base
     corner_offsets = torch.tensor([[0, heads, s, s + heads] for s in row_stride], dtype=itype, device=device)
-    index = top_left.new_empty((_CORNERS, *top_left.shape))  # explicit: broadcasting would pick corner-last
-    torch.add(top_left, corner_offsets.t().reshape(_CORNERS, 1, 1, 1, n_levels, 1), out=index)
+    index = top_left.new_empty((n, queries, heads, _CORNERS, n_levels, points))
+    torch.add(top_left.unsqueeze(3), corner_offsets.t().view(_CORNERS, n_levels, 1), out=index)
 
+    frac_x, frac_y = frac[..., 0], frac[..., 1]
     bottom = attention * frac_y  # attention x vertical bilinear weight of the bottom / top row
     top = attention - bottom
-    weight = attention.new_empty((_CORNERS, *attention.shape))
-    torch.mul(top, frac_x, out=weight[1])
-    torch.sub(top, weight[1], out=weight[0])
-    torch.mul(bottom, frac_x, out=weight[3])
-    torch.sub(bottom, weight[3], out=weight[2])
+    weight = attention.new_empty(index.shape)
+    torch.mul(top, frac_x, out=weight[:, :, :, 1])
+    torch.sub(top, weight[:, :, :, 1], out=weight[:, :, :, 0])
+    torch.mul(bottom, frac_x, out=weight[:, :, :, 3])
+    torch.sub(bottom, weight[:, :, :, 3], out=weight[:, :, :, 2])
 
-    shape = (_CORNERS, n * queries * heads, n_levels * points)
-    return _Taps(index.view(shape), weight.view(shape), frac_x, frac_y)
+    shape = (n * queries * heads, _CORNERS, n_levels * points)
+    return _Taps(index.view(shape), weight.view(shape), frac)
 
 
 def _sampled_dots(index: Tensor, grad: Tensor, rows: Tensor) -> Tensor:
@@ -169,6 +167,25 @@ def _sampled_dots(index: Tensor, grad: Tensor, rows: Tensor) -> Tensor:
     return dots.values().view(count, per_row)
 
 
+def _scatter_rows(index: Tensor, weight: Tensor, grad: Tensor, rows: int) -> Tensor:
+    """Adjoint of the forward gather: ``out[index[b, c, k]] += weight[b, c, k] * grad[b]``, ``(rows, D)``.
+
+    Sorting the points by their top-left row also sorts every other corner's rows (see module
+    docstring), so after one sort each corner's taps form consecutive runs per destination row and one
+    ``embedding_bag`` over the four corners (destination ``c * rows + row``) sums every run.
+    """
+    count, _, per_row = index.shape
+    order = torch.argsort(index[:, 0].reshape(-1))
+    sources = torch.div(order, per_row, rounding_mode="floor").to(index.dtype)  # the output row b of each tap
+    sorted_weight = weight.transpose(0, 1).reshape(_CORNERS, -1).index_select(1, order)
+    corner_base = torch.arange(0, _CORNERS * rows, rows, dtype=index.dtype, device=index.device).view(1, -1, 1)
+    counts = torch.bincount((index + corner_base).view(-1), minlength=_CORNERS * rows)
+    offsets = torch.cat((counts.new_zeros(1), counts.cumsum(0))).to(index.dtype)
+    per_corner = F.embedding_bag(sources.repeat(_CORNERS), grad, offsets, per_sample_weights=sorted_weight.view(-1),
+                                 mode="sum", include_last_offset=True)
+    return per_corner.view(_CORNERS, rows, -1).sum(0)
+
+
 class _SparseMSDA(torch.autograd.Function):
     """Gather-sum over bilinear taps; the backward never materialises per-tap value rows either."""
 
@@ -177,58 +194,47 @@ class _SparseMSDA(torch.autograd.Function):
         n, length, heads, channels = value.shape
         queries = locations.shape[1]
         padded = levels.pad(value)
-        flat = padded.view(-1, channels)
         taps = _taps(levels, locations, attention)
-        out = value.new_zeros(n * queries * heads, channels)
+        count = taps.index.shape[0]
         if taps.index.numel():
-            for corner in range(_CORNERS):
-                out += F.embedding_bag(taps.index[corner], flat, per_sample_weights=taps.weight[corner], mode="sum")
-        ctx.save_for_backward(padded, attention, taps.index, taps.weight, taps.frac_x, taps.frac_y)
+            out = F.embedding_bag(taps.index.view(count, -1), padded.view(-1, channels),
+                                  per_sample_weights=taps.weight.view(count, -1), mode="sum")
+        else:
+            out = value.new_zeros(count, channels)
+        ctx.save_for_backward(padded, attention, taps.index, taps.weight, taps.frac)
         ctx.levels, ctx.length = levels, length
         return out.view(n, queries, heads * channels)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        padded, attention, index, weight, frac_x, frac_y = ctx.saved_tensors
+        padded, attention, index, weight, frac = ctx.saved_tensors
         levels: _Levels = ctx.levels
         n, padded_length, heads, channels = padded.shape
-        flat = padded.view(-1, channels)
+        rows = padded.view(-1, channels)
         grad = grad_out.reshape(-1, channels).contiguous()  # (B, D)
         need_value, need_locations, need_attention = ctx.needs_input_grad[:3]
         grad_value = grad_locations = grad_attention = None
         empty = index.numel() == 0
 
         if need_locations or need_attention:
-            # d loss / d tap weight, per corner, shaped like the points (N, Lq, M, L, P).
-            g = [
-                torch.zeros_like(attention) if empty else _sampled_dots(index[c], grad, flat).view(attention.shape)
-                for c in range(_CORNERS)
-            ]
+            # d loss / d tap weight, viewed per corner like the points (N, Lq, M, L, P).
+            dots = torch.zeros_like(weight) if empty else _sampled_dots(index.view(index.shape[0], -1), grad, rows)
+            g = dots.view(*attention.shape[:3], _CORNERS, *attention.shape[3:]).unbind(3)
+            frac_x, frac_y = frac[..., 0], frac[..., 1]
             # Tap weights are a*(1-fy)*(1-fx), a*(1-fy)*fx, a*fy*(1-fx), a*fy*fx: the chain rule in lerps.
             top, bottom = torch.lerp(g[0], g[1], frac_x), torch.lerp(g[2], g[3], frac_x)
             if need_attention:
                 grad_attention = torch.lerp(top, bottom, frac_y)
             if need_locations:
-                sizes = torch.tensor(levels.shapes, dtype=attention.dtype, device=attention.device)  # (L, 2) (H, W)
-                grad_locations = attention.new_empty((*attention.shape, 2))
-                grad_x = torch.lerp(g[1] - g[0], g[3] - g[2], frac_y).mul_(attention)
-                torch.mul(grad_x, sizes[:, 1:], out=grad_locations[..., 0])  # d frac_x / d x = W
-                torch.mul(bottom.sub_(top).mul_(attention), sizes[:, :1], out=grad_locations[..., 1])
+                grad_x = torch.lerp(g[1] - g[0], g[3] - g[2], frac_y)
+                grad_frac = torch.stack((grad_x, bottom.sub_(top)), dim=-1).mul_(attention.unsqueeze(-1))
+                grad_locations = grad_frac.mul_(_level_sizes(levels, frac.dtype, frac.device))  # d frac / d loc
 
         if need_value:
-            rows = n * padded_length * heads
-            padded_grad = grad.new_zeros(rows, channels)
-            if not empty:
-                per_row = index.shape[-1]
-                order = torch.argsort(index[0].reshape(-1))  # by top-left row: orders every corner's rows too
-                bags = torch.div(order, per_row, rounding_mode="floor")  # output row each sorted point feeds
-                sorted_weight = weight.view(_CORNERS, -1).index_select(1, order)
-                for corner in range(_CORNERS):
-                    counts = torch.bincount(index[corner].reshape(-1), minlength=rows)
-                    offsets = torch.cat((counts.new_zeros(1), counts.cumsum(0)))
-                    padded_grad += F.embedding_bag(bags, grad, offsets, per_sample_weights=sorted_weight[corner],
-                                                   mode="sum", include_last_offset=True)
+            padded_rows = n * padded_length * heads
+            padded_grad = grad.new_zeros(padded_rows, channels) if empty else _scatter_rows(index, weight, grad,
+                                                                                            padded_rows)
             grad_value = levels.unpad(padded_grad.view(n, padded_length, heads, channels), ctx.length)
 
         return grad_value, grad_locations, grad_attention, None
