@@ -24,7 +24,7 @@ from detr_ssl.datasets.transforms import (
     PAPER_MAX_SIZE,
     PAPER_TRAIN_SCALES,
 )
-from detr_ssl.models.config import ModelConfig, model_preset
+from detr_ssl.models.config import MODEL_PRESETS, ModelConfig, model_preset
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
 
@@ -157,19 +157,25 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def parse_finetune_args(argv: list[str]) -> FinetuneConfig:
-    """Builds the config from the command line: preset defaults first, then the flags given.
+def _parse_with_presets(config_cls: type, presets: dict[str, Callable[[], Any]], data_flag: str,
+                        argv: list[str]) -> Any:
+    """Builds a config from the command line: preset defaults first, then the flags given.
 
-    The preset and model size choose the *defaults* tyro shows and fills in, so they are read first.
+    ``--preset`` and ``--model-size`` choose the *defaults* tyro shows and fills in, so they are read
+    before tyro runs; without ``--preset``, giving ``data_flag`` means 'paper', else 'demo'. A bad value
+    falls through to tyro, which rejects it with its usual message.
     """
-    preset = _flag_value(argv, "--preset") or ("paper" if _flag_value(argv, "--train-json") else "demo")
-    if preset not in FINETUNE_PRESETS:
-        preset = "paper"  # tyro rejects the bad value with its usual message
-    default = FINETUNE_PRESETS[preset]()
+    preset = _flag_value(argv, "--preset") or ("paper" if _flag_value(argv, data_flag) else "demo")
+    default = presets.get(preset, presets["paper"])()
     size = _flag_value(argv, "--model-size")
-    if size in ("tiny", "r50"):
-        default = replace(default, model_size=size, model=model_preset(size))
-    return tyro.cli(FinetuneConfig, default=default, args=argv)
+    if size in MODEL_PRESETS:
+        model = replace(model_preset(size), train_backbone=default.model.train_backbone)
+        default = replace(default, model_size=size, model=model)
+    return tyro.cli(config_cls, default=default, args=argv)
+
+
+def parse_finetune_args(argv: list[str]) -> FinetuneConfig:
+    return _parse_with_presets(FinetuneConfig, FINETUNE_PRESETS, "--train-json", argv)
 
 
 def to_plain(obj: Any) -> Any:
@@ -181,3 +187,99 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_plain(v) for v in obj]
     return obj
+
+
+@dataclass(frozen=True)
+class PretrainDataConfig:
+    """Unlabeled images for pretraining."""
+
+    data: Path | None = None
+    """Image folder (searched recursively) or a COCO JSON whose labels are ignored (default: the
+    embedded demo photos)."""
+    image_dir: Path | None = None
+    """Image folder of a COCO JSON given as --data (default: the JSON's folder)."""
+    train_scales: tuple[int, ...] = (320, 352, 384, 416, 448, 480)
+    """Shorter-side sizes (DetReg pretraining: 320-480)."""
+    max_size: int = 600
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class UpDetrConfig:
+    """UP-DETR random query patches (Dai et al., 2021)."""
+
+    num_patches: int = 10
+    """Random patches per image; num_queries = num_patches * queries_per_patch."""
+    queries_per_patch: int = 10
+    min_patch_size: int = 8
+    """Smallest patch side in pixels."""
+    patch_size: int = 128
+    """Side the patches are resized to before the frozen backbone encodes them."""
+    feature_dropout: float = 0.1
+    """Fraction of patch-feature dimensions dropped during pretraining."""
+    query_shuffle: bool = False
+    no_object_weight: float = 0.1
+    reconstruction_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class DetRegConfig:
+    """DetReg: selective-search pseudo-boxes + embeddings aligned to a frozen teacher (Bar et al., 2022)."""
+
+    teacher_checkpoint: Path | None = None
+    """SwAV ResNet-50 checkpoint in the official layout, or a timm ResNet state dict (default: the
+    detector's own frozen backbone is the teacher)."""
+    teacher_arch: str = "resnet50"
+    teacher_stage: Literal["layer2", "layer4"] = "layer4"
+    """Teacher features: layer4 (2048-d, the paper) or layer2 (512-d, the released config)."""
+    proposal_cache: Path | None = None
+    """Proposal cache folder (scripts/precompute_proposals.py); default: OUTPUT/proposals."""
+    require_cache: bool = False
+    """Fail instead of computing proposals missing from the cache."""
+    proposal_resize: int = 128
+    proposal_top_k: int = 30
+    crop_size: int = 128
+    embedding_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Self-supervised pretraining of the whole Deformable DETR (backbone, encoder, decoder, heads)."""
+
+    task: str = "detreg"
+    """Pretext task (see detr_ssl.tasks.TASKS): updetr, detreg."""
+    preset: Literal["demo", "paper"] = "paper"
+    """Defaults for everything: 'demo' (tiny model, embedded photos) or 'paper' (published recipe).
+    Without --data the demo preset is used."""
+    model_size: Literal["tiny", "r50"] = "r50"
+    data: Annotated[PretrainDataConfig, tyro.conf.OmitArgPrefixes] = PretrainDataConfig()
+    optim: Annotated[OptimConfig, tyro.conf.OmitArgPrefixes] = OptimConfig(lr_backbone=0.0)
+    run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = RunConfig(output_dir=Path("outputs/pretrain"))
+    detreg: Annotated[DetRegConfig, tyro.conf.OmitArgPrefixes] = DetRegConfig()
+    updetr: UpDetrConfig = UpDetrConfig()
+    loss: LossConfig = LossConfig()
+    model: ModelConfig = ModelConfig(train_backbone=False)
+
+
+def paper_pretrain() -> PretrainConfig:
+    return PretrainConfig()
+
+
+def demo_pretrain() -> PretrainConfig:
+    return PretrainConfig(
+        preset="demo",
+        model_size="tiny",
+        model=model_preset("tiny", train_backbone=False),
+        data=PretrainDataConfig(train_scales=DEMO_TRAIN_SCALES, max_size=DEMO_MAX_SIZE, num_workers=0),
+        optim=OptimConfig(epochs=10, lr=4e-4, lr_backbone=0.0, lr_drop=8, batch_size=4),
+        run=RunConfig(output_dir=Path("outputs/demo-pretrain"), log_every=5, checkpoint_every=5),
+        # 3 patches x 10 queries = the tiny model's 30 queries, so every query transfers to fine-tuning.
+        updetr=UpDetrConfig(num_patches=3),
+    )
+
+
+PRETRAIN_PRESETS: dict[str, Callable[[], PretrainConfig]] = {"paper": paper_pretrain, "demo": demo_pretrain}
+
+
+def parse_pretrain_args(argv: list[str]) -> PretrainConfig:
+    return _parse_with_presets(PretrainConfig, PRETRAIN_PRESETS, "--data", argv)

@@ -15,11 +15,15 @@ What is measured, and how:
   ``fwd+bwd`` also back-propagates a fixed random output gradient to value, locations and weights. The
   methods are interleaved run by run, so background load on a shared machine hits all of them alike.
 - Peak memory on CPU: the extra resident memory one call needs at its worst moment, measured in a fresh
-  subprocess per (case, method, mode). The baseline is the process's resident set after building the
-  inputs and running a tiny op (so OpenMP threads already exist); the peak is ``ru_maxrss`` after the
-  call. It covers everything the call allocates: intermediates, tensors saved for backward, the output,
-  the gradients, allocator slack. A fresh process is needed because one that already ran the op keeps its
-  high-water mark. (Linux only; elsewhere the column reads n/a.)
+  subprocess per (case, method, mode), so that no earlier run has left freed pages or a high-water mark
+  behind. After building the inputs and running a tiny op (so OpenMP threads exist), the child returns
+  free heap pages to the OS (``malloc_trim``), resets the kernel's resident-set high-water mark (writing 5
+  to ``/proc/self/clear_refs``) and reads its resident set as the baseline; after the call, ``VmHWM``
+  minus that baseline is the peak. It covers everything the call allocates: intermediates, tensors saved
+  for backward, the output, the gradients, allocator slack. (Linux only; elsewhere the column reads n/a.)
+- Background load: the share of the machine's CPU time used by *other* processes while a case was timed
+  (from ``/proc/stat`` minus this process's CPU time). On a shared machine many small parallel ops suffer
+  more than a few big ones (each waits for a descheduled thread), so read ratios taken under load with care.
 - Peak memory on CUDA: ``torch.cuda.max_memory_allocated`` during the call minus what was allocated before.
 
 Example: ``python scripts/bench_msda.py --threads 2`` (about a minute on 2 cores; ``--large`` a few more).
@@ -28,10 +32,11 @@ Example: ``python scripts/bench_msda.py --threads 2`` (about a minute on 2 cores
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import multiprocessing
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -120,13 +125,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _machine_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    hertz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / hertz, sum(ticks) / hertz
+
+
 def time_methods(calls: dict[str, Callable[[], None]], device: torch.device, warmup: int,
-                 repeats: int) -> dict[str, list[float]]:
-    """Milliseconds per run for each method, interleaved run by run."""
+                 repeats: int) -> tuple[dict[str, list[float]], float | None]:
+    """Milliseconds per run for each method, interleaved run by run; and the background load meanwhile."""
     for call in calls.values():
         for _ in range(warmup):
             call()
     times: dict[str, list[float]] = {name: [] for name in calls}
+    machine_before, own_before = _machine_cpu_seconds(), time.process_time()
     for _ in range(repeats):
         for name, call in calls.items():
             _sync(device)
@@ -134,26 +152,41 @@ def time_methods(calls: dict[str, Callable[[], None]], device: torch.device, war
             call()
             _sync(device)
             times[name].append((time.perf_counter() - start) * 1e3)
-    return times
+    machine_after, own_after = _machine_cpu_seconds(), time.process_time()
+    if machine_before is None or machine_after is None:
+        return times, None
+    others = (machine_after[0] - machine_before[0]) - (own_after - own_before)
+    return times, max(0.0, others) / max(machine_after[1] - machine_before[1], 1e-9)
 
 
-def _resident_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
 
 
-def _cpu_peak_child(case: str, method: str, mode: str, seed: int, threads: int) -> float:
-    """Runs in a fresh process: extra peak resident MB of one call (see module docstring)."""
+def _cpu_peak_child(case: str, method: str, mode: str, seed: int, threads: int) -> float | None:
+    """Runs in a fresh process: extra peak resident MiB of one call (see module docstring)."""
     torch.set_num_threads(threads)
     device = torch.device("cpu")
     call = make_call(methods(device)[method], make_inputs(case, device, seed), mode)
     torch.ones(1 << 20).mul_(2)  # start the thread pool before the baseline
-    baseline = _resident_mb()
+    ctypes.CDLL(None).malloc_trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # reset VmHWM to the current resident set
+    except OSError:
+        return None
+    baseline = _status_mb("VmRSS")
     call()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline  # ru_maxrss: KiB on Linux
+    return _status_mb("VmHWM") - baseline
 
 
 def cpu_peak_mb(case: str, method: str, mode: str, seed: int, threads: int) -> float | None:
+    """Extra peak resident memory (MiB) of one call, measured in a fresh process; None off Linux."""
     if not sys.platform.startswith("linux"):
         return None
     context = multiprocessing.get_context("spawn")
@@ -162,6 +195,7 @@ def cpu_peak_mb(case: str, method: str, mode: str, seed: int, threads: int) -> f
 
 
 def cuda_peak_mb(call: Callable[[], None], device: torch.device) -> float:
+    """Peak CUDA memory (MiB) allocated by one ``call`` beyond what was allocated before it."""
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
@@ -173,6 +207,8 @@ def cuda_peak_mb(call: Callable[[], None], device: torch.device) -> float:
 
 @dataclass
 class Result:
+    """One (case, mode, method): times in ms, peak memory in MiB, ratios against the reference."""
+
     case: str
     queries: int
     mode: str
@@ -180,27 +216,28 @@ class Result:
     median_ms: float
     times_ms: list[float]
     peak_mb: float | None
+    background_load: float | None
     speedup_vs_reference: float | None = None
     memory_vs_reference: float | None = None
 
 
-def run(args: argparse.Namespace) -> list[Result]:
-    device = torch.device(args.device)
+def run(cases: list[str], device: torch.device, warmup: int, repeats: int, memory: bool, seed: int) -> list[Result]:
+    """Times (and unless ``memory`` is False, peak memory of) every method on every case and mode."""
     results: list[Result] = []
-    for case in args.cases + (["encoder-large"] if args.large and "encoder-large" not in args.cases else []):
-        inputs = make_inputs(case, device, args.seed)
+    for case in cases:
+        inputs = make_inputs(case, device, seed)
         for mode in MODES:
             calls = {name: make_call(op, inputs, mode) for name, op in methods(device).items()}
-            times = time_methods(calls, device, args.warmup, args.repeats)
+            times, load = time_methods(calls, device, warmup, repeats)
             for name in calls:
-                if args.no_memory:
+                if not memory:
                     peak = None
                 elif device.type == "cuda":
                     peak = cuda_peak_mb(calls[name], device)
                 else:
-                    peak = cpu_peak_mb(case, name, mode, args.seed, torch.get_num_threads())
+                    peak = cpu_peak_mb(case, name, mode, seed, torch.get_num_threads())
                 results.append(Result(case, inputs[3].shape[1], mode, name, statistics.median(times[name]),
-                                      times[name], peak))
+                                      times[name], peak, load))
             reference = results[-len(calls)]
             for result in results[-len(calls):]:
                 result.speedup_vs_reference = reference.median_ms / result.median_ms
@@ -211,16 +248,18 @@ def run(args: argparse.Namespace) -> list[Result]:
 
 
 def format_table(results: list[Result]) -> str:
+    """Fixed-width text table of ``results``."""
     def mb(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.0f}"
 
     header = (f"{'case':<14} {'queries':>7} {'mode':<8} {'method':<10} {'median ms':>10} {'speedup':>8} "
-              f"{'peak MB':>8} {'mem ratio':>9}")
+              f"{'peak MB':>8} {'mem ratio':>9} {'bg load':>8}")
     lines = [header, "-" * len(header)]
     for r in results:
         ratio = "" if r.memory_vs_reference is None else f"{r.memory_vs_reference:.2f}"
+        load = "n/a" if r.background_load is None else f"{r.background_load:.0%}"
         lines.append(f"{r.case:<14} {r.queries:>7} {r.mode:<8} {r.method:<10} {r.median_ms:>10.1f} "
-                     f"{r.speedup_vs_reference:>7.2f}x {mb(r.peak_mb):>8} {ratio:>9}")
+                     f"{r.speedup_vs_reference:>7.2f}x {mb(r.peak_mb):>8} {ratio:>9} {load:>8}")
     return "\n".join(lines)
 
 
@@ -246,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    results = run(args)
+    cases = args.cases + (["encoder-large"] if args.large and "encoder-large" not in args.cases else [])
+    results = run(cases, torch.device(args.device), args.warmup, args.repeats, not args.no_memory, args.seed)
     print(format_table(results))
     environment = {
         "torch": torch.__version__,

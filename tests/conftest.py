@@ -114,3 +114,21 @@ def demo_data(isolated_cache: Path) -> DemoPaths:
 def demo_photos(isolated_cache: Path) -> Path:
     """The demo folder of real photos, generated once per session."""
     return demo_unlabeled_images()
+
+
+@pytest.fixture
+def demo_subset(demo_data: DemoPaths, tmp_path: Path) -> Callable[[int], Path]:
+    """Factory: ``demo_subset(n)`` writes the first ``n`` demo training images as their own COCO JSON
+    (images stay in ``demo_data.image_dir``)."""
+
+    def make(num_images: int) -> Path:
+        document = json.loads(demo_data.train_json.read_text())
+        images = document["images"][:num_images]
+        kept = {image["id"] for image in images}
+        document["images"] = images
+        document["annotations"] = [a for a in document["annotations"] if a["image_id"] in kept]
+        path = tmp_path / f"demo_{num_images}.json"
+        path.write_text(json.dumps(document))
+        return path
+
+    return make

@@ -51,11 +51,16 @@ class LossOutput:
             for the encoder proposals.
         indices: the final layer's matching (per image ``(query_idx, target_idx)``), for tasks that put
             extra losses on the matched queries (e.g. DetReg's embedding loss).
+        layer_indices: every scored layer's matching, keyed by its term suffix (``""`` final, ``"_0"``...
+            auxiliary, ``"_enc"`` encoder), for extra losses on auxiliary layers (UP-DETR).
+        num_boxes: the normaliser the terms were divided by (see :func:`count_boxes`).
     """
 
     total: Tensor
     terms: dict[str, Tensor]
     indices: MatchIndices = field(default_factory=list)
+    layer_indices: dict[str, MatchIndices] = field(default_factory=dict)
+    num_boxes: float = 1.0
 
 
 def count_boxes(targets: Targets, device: torch.device) -> float:
@@ -78,6 +83,8 @@ class SetCriterion(nn.Module):
             ``weights``.
         weights: loss-term weights.
         aux_loss: also score ``aux`` layers and ``encoder`` proposals when the output has them.
+        no_object_weight: factor on the classification loss of unmatched ("no object") queries; UP-DETR
+            uses 0.1 so that the few matched queries are not drowned by the many empty ones.
 
     >>> criterion = SetCriterion(num_classes=3)
     >>> output = DetectionOutput(logits=torch.zeros(1, 5, 3), boxes=torch.full((1, 5, 4), 0.5))
@@ -87,7 +94,7 @@ class SetCriterion(nn.Module):
     """
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher | None = None,
-                 weights: LossWeights = LossWeights(), aux_loss: bool = True) -> None:
+                 weights: LossWeights = LossWeights(), aux_loss: bool = True, no_object_weight: float = 1.0) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -95,6 +102,7 @@ class SetCriterion(nn.Module):
         self.matcher = matcher or HungarianMatcher(weights.cls, weights.bbox, weights.giou)
         self.weights = weights
         self.aux_loss = aux_loss
+        self.no_object_weight = no_object_weight
 
     def forward(self, output: DetectionOutput, targets: Targets) -> LossOutput:
         """Matches and scores every layer of ``output``.
@@ -116,16 +124,15 @@ class SetCriterion(nn.Module):
 
         total = output.logits.new_zeros((), dtype=torch.float32)
         terms: dict[str, Tensor] = {}
-        final_indices: MatchIndices = []
+        layer_indices: dict[str, MatchIndices] = {}
         for suffix, layer, layer_targets in layers:
-            indices = self.matcher(layer.logits, layer.boxes, layer_targets)
-            if not suffix:
-                final_indices = indices
+            indices = layer_indices[suffix] = self.matcher(layer.logits, layer.boxes, layer_targets)
             cls, bbox, giou = self.layer_losses(layer, layer_targets, indices, num_boxes)
             total = total + self.weights.cls * cls + self.weights.bbox * bbox + self.weights.giou * giou
             terms.update({f"loss_cls{suffix}": cls.detach(), f"loss_bbox{suffix}": bbox.detach(),
                           f"loss_giou{suffix}": giou.detach()})
-        return LossOutput(total=total, terms=terms, indices=final_indices)
+        return LossOutput(total=total, terms=terms, indices=layer_indices[""], layer_indices=layer_indices,
+                          num_boxes=num_boxes)
 
     def layer_losses(self, layer: DetectionOutput, targets: Targets, indices: MatchIndices,
                      num_boxes: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -143,7 +150,12 @@ class SetCriterion(nn.Module):
 
         one_hot = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
         one_hot[batch_idx, query_idx, matched_labels.to(logits.device)] = True
-        loss_cls = sigmoid_focal_loss(logits, one_hot, self.matcher.focal).sum() / num_boxes
+        class_loss = sigmoid_focal_loss(logits, one_hot, self.matcher.focal)
+        if self.no_object_weight != 1.0:
+            row_weight = torch.full(logits.shape[:2], self.no_object_weight, device=logits.device)
+            row_weight[batch_idx, query_idx] = 1.0
+            class_loss = class_loss * row_weight[..., None]
+        loss_cls = class_loss.sum() / num_boxes
 
         matched_boxes = boxes[batch_idx, query_idx].float()
         matched_targets = matched_targets.to(matched_boxes)
@@ -153,10 +165,10 @@ class SetCriterion(nn.Module):
         return loss_cls, loss_bbox, loss_giou
 
 
-def build_criterion(num_classes: int, loss: LossConfig) -> SetCriterion:
+def build_criterion(num_classes: int, loss: LossConfig, no_object_weight: float = 1.0) -> SetCriterion:
     """The criterion for a run's :class:`~detr_ssl.config.LossConfig`: one set of weights for matching
     costs and loss terms, one set of focal parameters for both."""
     matcher = HungarianMatcher(cost_class=loss.cls_weight, cost_bbox=loss.bbox_weight, cost_giou=loss.giou_weight,
                                focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma)
     weights = LossWeights(cls=loss.cls_weight, bbox=loss.bbox_weight, giou=loss.giou_weight)
-    return SetCriterion(num_classes, matcher, weights, aux_loss=loss.aux_loss)
+    return SetCriterion(num_classes, matcher, weights, aux_loss=loss.aux_loss, no_object_weight=no_object_weight)

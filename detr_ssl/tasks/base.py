@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from detr_ssl.datasets.collate import Batch
+
+if TYPE_CHECKING:
+    from detr_ssl.config import PretrainConfig
+    from detr_ssl.datasets import ImageFolderDataset
+    from detr_ssl.models.deformable_detr import DeformableDETR
 
 
 class LossResult(Protocol):
@@ -22,4 +28,35 @@ class Task(ABC):
 
     @abstractmethod
     def compute_loss(self, model: nn.Module, batch: Batch) -> LossResult:
-        """Runs the model on ``batch`` and returns the loss."""
+        """Runs the model on ``batch`` (possibly wrapped for distributed training) and returns the loss."""
+
+
+class PretextTask(Task):
+    """A self-supervised objective that pretrains the whole detector from unlabeled images.
+
+    Subclasses register themselves with :func:`detr_ssl.tasks.register_task` and own, besides the
+    loss, how pseudo-targets are made (:meth:`build_dataset`) and which heads are added to the detector
+    (:meth:`build_model`, a module whose ``detector`` attribute is the Deformable DETR to export).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, config: PretrainConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def configure(cls, config: PretrainConfig) -> PretrainConfig:
+        """Adapts the preset to the task's published recipe (query count, learning rate, ...)."""
+        return config
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """The detector plus this task's heads; ``model.detector`` is exported for fine-tuning."""
+
+    @abstractmethod
+    def build_dataset(self, images: ImageFolderDataset) -> Dataset:
+        """Training samples (image, target) from unlabeled ``images`` (returned without transforms)."""
+
+    @staticmethod
+    def detector(model: nn.Module) -> DeformableDETR:
+        return model.detector

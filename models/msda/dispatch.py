@@ -35,11 +35,11 @@ def resolve_backend(backend: str, device: torch.device) -> Literal["pytorch", "m
         BackendUnavailableError: ``"mmcv"`` requested but its op does not import or the device is not CUDA.
     """
     check_backend_name(backend)
-    if backend == "pytorch":
-        return "pytorch"
+    if backend == "pytorch" or (backend == "auto" and device.type != "cuda"):
+        return "pytorch"  # (without importing mmcv just to decide)
     reason = mmcv_unavailable_reason()
     if backend == "auto":
-        return "mmcv" if reason is None and device.type == "cuda" else "pytorch"
+        return "pytorch" if reason else "mmcv"
     if reason is not None:
         raise BackendUnavailableError(
             f"MSDA backend 'mmcv' requested but mmcv.ops.multi_scale_deform_attn does not import ({reason}); "

@@ -85,10 +85,10 @@ class MSDeformAttn(nn.Module):
         n, queries, _ = query.shape
         _, length, _ = input_flatten.shape
         heads, levels, points = self.n_heads, self.n_levels, self.n_points
-        if reference_points.dim() != 4 or reference_points.shape[2] != levels or reference_points.shape[-1] not in (2, 4):
-            raise ValueError(
-                f"reference_points must be (N, Lq, {levels}, 2) or (N, Lq, {levels}, 4), got {tuple(reference_points.shape)}"
-            )
+        expected = [(n, queries, levels, 2), (n, queries, levels, 4)]
+        if tuple(reference_points.shape) not in expected:
+            raise ValueError(f"reference_points must be (N, Lq, {levels}, 2) or (N, Lq, {levels}, 4) with query's "
+                             f"N, Lq = {n}, {queries}; got {tuple(reference_points.shape)}")
 
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:

@@ -186,3 +186,15 @@ def test_distributed_helpers_in_a_real_one_process_group(tmp_path: Path) -> None
         assert set_criterion_module.count_boxes(make_targets(), torch.device("cpu")) == 3.0
     finally:
         dist.destroy_process_group()
+
+
+def test_no_object_weight_scales_only_unmatched_queries() -> None:
+    torch.manual_seed(0)
+    output = DetectionOutput(logits=torch.randn(1, 6, 1), boxes=torch.rand(1, 6, 4) * 0.5 + 0.25)
+    targets = [{"labels": torch.zeros(1, dtype=torch.int64), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    full = SetCriterion(1, aux_loss=False)(output, targets)
+    down = SetCriterion(1, aux_loss=False, no_object_weight=0.1)(output, targets)
+    assert torch.equal(full.indices[0][0], down.indices[0][0])
+    assert down.terms["loss_cls"] < full.terms["loss_cls"]
+    assert torch.equal(down.terms["loss_bbox"], full.terms["loss_bbox"])
+    assert set(full.layer_indices) == {""}

@@ -1,0 +1,127 @@
+"""UP-DETR on Deformable DETR: detect random query patches (Dai et al., CVPR 2021).
+
+Per image, ``num_patches`` random crops are encoded by the detector's own *frozen* backbone (global
+pooled). Each patch feature (with dimension dropout) is projected and added to its group of
+``queries_per_patch`` decoder queries; a block-diagonal self-attention mask keeps the groups apart.
+Targets are the patch boxes, class-agnostic (one sigmoid logit = match / no object, with the no-object
+loss down-weighted), and every decoder layer also reconstructs the matched patch's feature.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from detr_ssl.box_ops import xyxy_to_cxcywh
+from detr_ssl.config import PretrainConfig
+from detr_ssl.datasets import ImageFolderDataset
+from detr_ssl.datasets.collate import Batch
+from detr_ssl.losses import LossOutput, build_criterion
+from detr_ssl.losses.matched_features import all_layers_feature_loss
+from detr_ssl.models.crops import crop_and_resize
+from detr_ssl.models.deformable_detr import DeformableDETR, build_model
+from detr_ssl.models.outputs import DetectionOutput
+from detr_ssl.tasks import register_task
+from detr_ssl.tasks.base import PretextTask
+
+
+def sample_patches(sizes: Tensor, num_patches: int, min_size: int) -> list[Tensor]:
+    """Random patch boxes per image: ``sizes (B, 2)`` (H, W) -> ``B`` tensors ``(num_patches, 4)``
+    absolute xyxy, each side uniform in ``[min_size, image side]`` and the position uniform inside."""
+    boxes = []
+    for height, width in sizes.tolist():
+        wh_max = torch.tensor([width, height], dtype=torch.float32)
+        low = torch.minimum(torch.full((2,), float(min_size)), wh_max)
+        wh = (low + torch.rand(num_patches, 2) * (wh_max - low + 1)).floor().clamp(max=wh_max)
+        xy = (torch.rand(num_patches, 2) * (wh_max - wh + 1)).floor()
+        boxes.append(torch.cat((xy, xy + wh), dim=1))
+    return boxes
+
+
+def query_groups(num_patches: int, queries_per_patch: int, shuffle: bool) -> Tensor:
+    """Which patch each query serves: ``(Q,)`` in ``[0, num_patches)``; shuffled queries join random groups."""
+    groups = torch.arange(num_patches).repeat_interleave(queries_per_patch)
+    return groups[torch.randperm(len(groups))] if shuffle else groups
+
+
+def group_attention_mask(groups: Tensor) -> Tensor:
+    """``(Q, Q)`` bool, True where two queries serve different patches (attention blocked)."""
+    return groups[:, None] != groups[None, :]
+
+
+class UpDetrModel(nn.Module):
+    """Deformable DETR + patch-feature projection (into the queries) + feature reconstruction head."""
+
+    def __init__(self, detector: DeformableDETR, feature_dim: int, feature_dropout: float) -> None:
+        super().__init__()
+        self.detector = detector
+        self.feature_dropout = nn.Dropout(feature_dropout)
+        self.patch_projection = nn.Linear(feature_dim, detector.hidden_dim)
+        self.reconstruction = nn.Linear(detector.hidden_dim, feature_dim)
+
+    @torch.no_grad()
+    def encode_patches(self, crops: Tensor) -> Tensor:
+        """``(N, 3, S, S)`` -> ``(N, F)``: the detector's frozen backbone, deepest stage, global pooled."""
+        return self.detector.backbone.body(crops)[-1].mean(dim=(-2, -1))
+
+    def forward(self, images: Tensor, mask: Tensor, patch_features: Tensor, groups: Tensor
+                ) -> tuple[DetectionOutput, Tensor]:
+        """patch_features ``(B, P, F)``, groups ``(Q,)`` -> detections and reconstructed features
+        ``(L_dec, B, Q, F)``."""
+        projected = self.patch_projection(self.feature_dropout(patch_features))
+        output = self.detector(images, mask, query_extra=projected[:, groups],
+                               self_attn_mask=group_attention_mask(groups).to(images.device))
+        return output, self.reconstruction(output.hidden_states)
+
+
+@register_task("updetr")
+class UpDetrTask(PretextTask):
+    @classmethod
+    def configure(cls, config: PretrainConfig) -> PretrainConfig:
+        """Query count = patches x queries per patch; backbone frozen; the paper's lr 1e-4, drop at 40 of 60."""
+        up = config.updetr
+        model = replace(config.model, num_queries=up.num_patches * up.queries_per_patch, train_backbone=False,
+                        two_stage=False)
+        if config.preset == "paper":
+            config = replace(config, optim=replace(config.optim, lr=1e-4, epochs=60, lr_drop=40))
+        return replace(config, model=model)
+
+    def __init__(self, config: PretrainConfig) -> None:
+        super().__init__(config)
+        self.options = config.updetr
+        self.criterion = build_criterion(1, config.loss, no_object_weight=self.options.no_object_weight)
+
+    def build_model(self) -> UpDetrModel:
+        detector = build_model(self.config.model, num_classes=1)
+        feature_dim = detector.backbone.channels[-1]
+        return UpDetrModel(detector, feature_dim, self.options.feature_dropout)
+
+    def build_dataset(self, images: ImageFolderDataset, transforms) -> Dataset:
+        dataset = copy.copy(images)
+        dataset.transforms = transforms
+        return dataset
+
+    def compute_loss(self, model: nn.Module, batch: Batch) -> LossOutput:
+        opts = self.options
+        sizes = torch.stack([t["size"] for t in batch.targets])
+        patch_boxes = sample_patches(sizes, opts.num_patches, opts.min_patch_size)
+        unwrapped = model.module if hasattr(model, "module") else model
+        crops = crop_and_resize(batch.images, [b.to(batch.images.device) for b in patch_boxes], opts.patch_size)
+        features = unwrapped.encode_patches(crops).view(len(batch), opts.num_patches, -1)
+        targets = [
+            {"boxes": (xyxy_to_cxcywh(boxes) / boxes.new_tensor([w, h, w, h])).to(batch.images.device),
+             "labels": torch.zeros(len(boxes), dtype=torch.int64, device=batch.images.device)}
+            for boxes, (h, w) in zip(patch_boxes, sizes.tolist())
+        ]
+        groups = query_groups(opts.num_patches, opts.queries_per_patch, opts.query_shuffle)
+        output, reconstructed = model(batch.images, batch.mask, features, groups)
+        loss = self.criterion(output, targets)
+        recon, recon_terms = all_layers_feature_loss(reconstructed, list(features), loss.layer_indices,
+                                                     loss.num_boxes, "normalized_mse", "loss_reconstruction")
+        return replace(loss, total=loss.total + opts.reconstruction_weight * recon,
+                       terms={**loss.terms, **recon_terms})
+

@@ -1,0 +1,69 @@
+"""scripts/finetune.py as users run it: complete --help, one-line errors, 2-process Accelerate training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detr_ssl.cli.common import run_main
+from detr_ssl.cli.finetune import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_documents_every_flag(tmp_path: Path) -> None:
+    result = _run([sys.executable, str(REPO / "scripts" / "finetune.py"), "--help"], tmp_path)
+    assert result.returncode == 0
+    for flag in ("--train-json", "--val-json", "--images", "--output-dir", "--pretrained", "--model-size",
+                 "--epochs", "--batch-size", "--lr", "--resume", "--model.two-stage", "--model.with-box-refine"):
+        assert flag in result.stdout, flag
+
+
+@pytest.mark.parametrize("problem", ["missing", "syntax", "zero_box", "unknown_category"])
+def test_bad_input_is_one_clear_line(problem: str, make_coco, coco_document, tmp_path: Path, capsys) -> None:
+    if problem == "missing":
+        train = tmp_path / "nowhere.json"
+        images = tmp_path
+    else:
+        if problem == "zero_box":
+            coco_document["annotations"][0]["bbox"] = [4, 6, 0, 10]
+        if problem == "unknown_category":
+            coco_document["annotations"][0]["category_id"] = 77
+        files = make_coco(**coco_document)
+        train, images = files.annotation_file, files.image_dir
+        if problem == "syntax":
+            train.write_text(train.read_text()[:-5])
+    code = run_main(main, ["--train-json", str(train), "--val-json", str(train), "--images", str(images),
+                           "--model-size", "tiny", "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert train.name in err
+
+
+def test_train_json_without_val_json_is_a_config_error(tmp_path: Path, capsys) -> None:
+    code = run_main(main, ["--train-json", str(tmp_path / "t.json")])
+    assert code == 2 and "--val-json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_cpu_training(tmp_path: Path, small_coco_subset) -> None:
+    out = tmp_path / "out"
+    result = _run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   str(REPO / "scripts" / "finetune.py"), "--preset", "demo", *small_coco_subset,
+                   "--epochs", "2", "--batch-size", "2", "--output-dir", str(out)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert (out / "checkpoint.pth").is_file()
