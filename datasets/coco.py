@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from detr_ssl.datasets.coco_json import ImageEntry, InvalidBoxPolicy, load_detections
 from detr_ssl.datasets.image_io import ImageCheckReport, check_image_size, check_images, read_rgb_image
-from detr_ssl.datasets.transforms import xyxy_to_cxcywh
+from detr_ssl.box_ops import xyxy_to_cxcywh
 from detr_ssl.errors import DataError
 
 __all__ = ["CocoDetection", "Transform", "make_target"]

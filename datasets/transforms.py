@@ -24,6 +24,8 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torch import Tensor
 
+from detr_ssl.box_ops import cxcywh_to_xyxy, xyxy_to_cxcywh
+
 __all__ = [
     "Compose",
     "RandomHorizontalFlip",
@@ -34,8 +36,6 @@ __all__ = [
     "Normalize",
     "make_train_transforms",
     "make_eval_transforms",
-    "cxcywh_to_xyxy",
-    "xyxy_to_cxcywh",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PAPER_TRAIN_SCALES",
@@ -230,18 +230,6 @@ def make_train_transforms(
 def make_eval_transforms(size: int = PAPER_EVAL_SIZE, max_size: int = PAPER_MAX_SIZE) -> Compose:
     """Deterministic evaluation pipeline: resize (short side ``size``, long side <= ``max_size``), normalise."""
     return Compose([RandomResize([size], max_size), ToTensor(), Normalize()])
-
-
-def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """``(..., 4)`` boxes ``(cx, cy, w, h)`` -> ``(x0, y0, x1, y1)``, in the same units."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-
-
-def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """``(..., 4)`` boxes ``(x0, y0, x1, y1)`` -> ``(cx, cy, w, h)``, in the same units."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
 
 
 def _crop(image: ImageLike, target: Target, top: int, left: int, height: int, width: int) -> tuple[ImageLike, Target]:

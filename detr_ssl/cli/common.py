@@ -17,8 +17,17 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None
     try:
         return main(list(sys.argv[1:] if argv is None else argv))
     except DetrSslError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def one_line(exc: BaseException) -> str:
+    """The user-facing message of ``exc``. An error raised in a DataLoader worker arrives re-raised with
+    the worker's traceback folded into its message; its last line holds the original message."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
 
 
 def make_accelerator(run: RunConfig, grad_accum_steps: int = 1, find_unused_parameters: bool = False) -> Accelerator:

@@ -67,3 +67,14 @@ def test_two_process_cpu_training(tmp_path: Path, small_coco_subset) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert (out / "checkpoint.pth").is_file()
+
+
+def test_error_from_a_dataloader_worker_is_still_one_line(make_coco, coco_document, tmp_path: Path, capsys) -> None:
+    files = make_coco(**coco_document)
+    (files.image_dir / "b.png").write_bytes(b"\x89PNG truncated")
+    code = run_main(main, ["--train-json", str(files.annotation_file), "--val-json", str(files.annotation_file),
+                           "--images", str(files.image_dir), "--model-size", "tiny", "--num-workers", "1",
+                           "--epochs", "1", "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    final = err.splitlines()[-1]  # a progress bar may have been drawn before the failure
+    assert code == 2 and "Traceback" not in err and final.startswith("error: ") and "b.png" in final, err
