@@ -70,35 +70,47 @@ def precompute(
         raise ValueError(f"workers must be at least 1, got {workers}")
     paths = [Path(p) for p in image_paths]
     job = functools.partial(_precompute_one, cache)
+    if workers == 1 or len(paths) <= 1:
+        return _tally(map(job, paths), len(paths), progress)
+    processes = min(workers, len(paths))
+    chunk = max(1, min(_MAX_CHUNK, len(paths) // (processes * 4)))
+    # A forked child inherits OpenCV's thread-pool state but not its threads, and changing the thread count
+    # there can deadlock (pthread_cond_destroy on a condition variable that a vanished thread waited on). So
+    # the workers start while this process runs OpenCV single-threaded: forked ones inherit one thread and
+    # never reconfigure; spawned ones start fresh and set it themselves (`_init_worker`).
+    parent_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with multiprocessing.get_context().Pool(processes, initializer=_init_worker) as pool:
+            return _tally(pool.imap_unordered(job, paths, chunksize=chunk), len(paths), progress)
+    finally:
+        cv2.setNumThreads(parent_threads)
+
+
+def _tally(outcomes: Iterator[tuple[Path, _Status, str]], total: int, progress: bool) -> PrecomputeSummary:
+    """Count outcomes as they arrive. The progress bar (and its monitor thread) starts only now, after any
+    worker processes were forked."""
     summary = PrecomputeSummary()
-    with tqdm(total=len(paths), unit="img", desc="proposals", disable=not progress, dynamic_ncols=True) as bar:
-        if workers == 1 or len(paths) <= 1:
-            _tally(map(job, paths), summary, bar)
-        else:
-            processes = min(workers, len(paths))
-            chunk = max(1, min(_MAX_CHUNK, len(paths) // (processes * 4)))
-            # spawn, not fork: a fork of a process whose torch/OpenMP/OpenCV threads are running can
-            # inherit a held lock and deadlock (seen when precomputing from inside a test session).
-            with multiprocessing.get_context("spawn").Pool(processes, initializer=_init_worker) as pool:
-                _tally(pool.imap_unordered(job, paths, chunksize=chunk), summary, bar)
+    with tqdm(total=total, unit="img", desc="proposals", disable=not progress, dynamic_ncols=True) as bar:
+        for path, status, reason in outcomes:
+            if status == "computed":
+                summary.computed += 1
+            elif status == "cached":
+                summary.cached += 1
+            else:
+                summary.failed.append((path, reason))
+            bar.update()
     summary.failed.sort()
     return summary
 
 
-def _tally(outcomes: Iterator[tuple[Path, _Status, str]], summary: PrecomputeSummary, bar: tqdm) -> None:
-    for path, status, reason in outcomes:
-        if status == "computed":
-            summary.computed += 1
-        elif status == "cached":
-            summary.cached += 1
-        else:
-            summary.failed.append((path, reason))
-        bar.update()
-
-
 def _init_worker() -> None:
-    """Worker processes already run in parallel: OpenCV's own thread pool would only oversubscribe the CPU."""
-    cv2.setNumThreads(1)
+    """Workers already run in parallel: OpenCV's own threads would only oversubscribe the CPU.
+
+    A forked worker already runs one thread (see `precompute`) and must leave the setting alone.
+    """
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
 
 
 def _precompute_one(cache: ProposalCache, path: Path) -> tuple[Path, _Status, str]:

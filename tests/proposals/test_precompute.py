@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from detr_ssl.cli.common import run_main
@@ -50,6 +52,25 @@ def test_two_workers_write_the_same_cache_as_one(photo_folder: Callable[[int], P
     summary = precompute(paths, parallel, workers=2, progress=False)
     assert summary.computed == 6
     assert len(_entries(serial)) == 6 and _entries(parallel) == _entries(serial)
+
+
+@pytest.mark.timeout(120)
+def test_workers_start_safely_after_this_process_ran_opencv_threads(
+    photo_folder: Callable[[int], Path], tmp_path: Path
+) -> None:
+    """Regression: forked workers that reconfigured OpenCV's inherited thread pool hung forever."""
+    paths = sorted(photo_folder(4).iterdir())
+    busy = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    original = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        for attempt in range(4):
+            cv2.GaussianBlur(busy, (9, 9), 0)  # wakes OpenCV's worker threads in this process
+            cache = ProposalCache(tmp_path / f"run{attempt}", SETTINGS)
+            assert precompute(paths, cache, workers=2, progress=False).computed == 4
+        assert cv2.getNumThreads() == 2  # the parent's setting is restored
+    finally:
+        cv2.setNumThreads(original)
 
 
 def test_a_killed_run_resumes_to_the_same_cache(photo_folder: Callable[[int], Path], tmp_path: Path) -> None:
