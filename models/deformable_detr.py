@@ -7,6 +7,7 @@ Task-agnostic by design: UP-DETR adds per-query embeddings and a decoder self-at
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,24 @@ from detr_ssl.models.heads import box_head, class_head
 from detr_ssl.models.outputs import DetectionOutput
 from detr_ssl.models.position_encoding import SinePositionEncoding
 from detr_ssl.models.two_stage import ProposalQuerySelector
+
+
+@dataclass
+class EncodedImages:
+    """The encoder's output and the layout a decoder needs to attend into it.
+
+    Attributes:
+        memory: ``(B, S, D)`` encoded pixels of all levels, flattened.
+        padding_mask: ``(B, S)`` True on padded pixels.
+        spatial_shapes: ``(L, 2)`` (H, W) per level; level_start_index: ``(L,)`` offsets into ``S``.
+        valid_ratios: ``(B, L, 2)`` unpadded fraction of each level, as (w, h).
+    """
+
+    memory: Tensor
+    padding_mask: Tensor
+    spatial_shapes: Tensor
+    level_start_index: Tensor
+    valid_ratios: Tensor
 
 
 def _projection(in_channels: int, hidden_dim: int, stride: int) -> nn.Sequential:
@@ -114,6 +133,44 @@ class DeformableDETR(nn.Module):
             positions.append(self.position_encoding(level_mask).to(src.dtype) + self.level_embed[index].view(1, -1, 1, 1))
         return srcs, masks, positions
 
+    def encode(self, images: Tensor, mask: Tensor) -> EncodedImages:
+        """Backbone, projections and the deformable encoder: everything the decoders share."""
+        srcs, masks, positions = self.multiscale_features(images, mask)
+        spatial_shapes = torch.tensor([s.shape[-2:] for s in srcs], dtype=torch.long, device=images.device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        valid_ratios = torch.stack([_valid_ratio(m) for m in masks], dim=1)
+        src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], dim=1)
+        pos_flat = torch.cat([p.flatten(2).transpose(1, 2) for p in positions], dim=1)
+        mask_flat = torch.cat([m.flatten(1) for m in masks], dim=1)
+        memory = self.encoder(src_flat, pos_flat, spatial_shapes, level_start_index, valid_ratios, mask_flat)
+        return EncodedImages(memory, mask_flat, spatial_shapes, level_start_index, valid_ratios)
+
+    def decode(self, encoded: EncodedImages, query_extra: Tensor | None = None,
+               self_attn_mask: Tensor | None = None) -> DetectionOutput:
+        """The decoder and heads on encoded images (see :meth:`forward` for the optional arguments)."""
+        batch = encoded.memory.shape[0]
+        encoder_out = None
+        if self.config.two_stage:
+            if query_extra is not None:
+                raise ValueError("query_extra is not supported with two-stage queries")
+            encoder_out, reference_points, tgt, query_pos = self.query_selector(
+                encoded.memory, encoded.padding_mask, encoded.spatial_shapes)
+        else:
+            query_pos, tgt = self.query_embed.weight.split(self.hidden_dim, dim=1)
+            query_pos = query_pos[None].expand(batch, -1, -1)
+            tgt = tgt[None].expand(batch, -1, -1)
+            reference_points = self.reference_points(query_pos).sigmoid()
+        if query_extra is not None:
+            tgt = tgt + query_extra
+
+        hidden, boxes = self.decoder(tgt, query_pos, reference_points, encoded.memory, encoded.spatial_shapes,
+                                     encoded.level_start_index, encoded.valid_ratios, encoded.padding_mask,
+                                     self_attn_mask)
+        logits = [head(h) for head, h in zip(self.class_heads, hidden)]
+        aux = [DetectionOutput(logits=lg, boxes=bx) for lg, bx in zip(logits[:-1], boxes[:-1])]
+        return DetectionOutput(logits=logits[-1], boxes=boxes[-1], aux=aux, encoder=encoder_out,
+                               hidden_states=hidden)
+
     def forward(self, images: Tensor, mask: Tensor, query_extra: Tensor | None = None,
                 self_attn_mask: Tensor | None = None) -> DetectionOutput:
         """Detects objects in a padded batch.
@@ -124,37 +181,7 @@ class DeformableDETR(nn.Module):
             query_extra: ``(B, Q, D)`` added to the decoder's content queries (UP-DETR patch features).
             self_attn_mask: ``(Q, Q)`` bool, True where query i may *not* attend to query j.
         """
-        srcs, masks, positions = self.multiscale_features(images, mask)
-        spatial_shapes = torch.tensor([s.shape[-2:] for s in srcs], dtype=torch.long, device=images.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([_valid_ratio(m) for m in masks], dim=1)
-        src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], dim=1)
-        pos_flat = torch.cat([p.flatten(2).transpose(1, 2) for p in positions], dim=1)
-        mask_flat = torch.cat([m.flatten(1) for m in masks], dim=1)
-
-        memory = self.encoder(src_flat, pos_flat, spatial_shapes, level_start_index, valid_ratios, mask_flat)
-
-        batch = images.shape[0]
-        encoder_out = None
-        if self.config.two_stage:
-            if query_extra is not None:
-                raise ValueError("query_extra is not supported with two-stage queries")
-            encoder_out, reference_points, tgt, query_pos = self.query_selector(memory, mask_flat, spatial_shapes)
-        else:
-            query_pos, tgt = self.query_embed.weight.split(self.hidden_dim, dim=1)
-            query_pos = query_pos[None].expand(batch, -1, -1)
-            tgt = tgt[None].expand(batch, -1, -1)
-            reference_points = self.reference_points(query_pos).sigmoid()
-        if query_extra is not None:
-            tgt = tgt + query_extra
-
-        hidden, boxes = self.decoder(tgt, query_pos, reference_points, memory, spatial_shapes,
-                                     level_start_index, valid_ratios, mask_flat, self_attn_mask)
-        logits = [head(h) for head, h in zip(self.class_heads, hidden)]
-        aux = [DetectionOutput(logits=lg, boxes=bx) for lg, bx in zip(logits[:-1], boxes[:-1])]
-        return DetectionOutput(logits=logits[-1], boxes=boxes[-1], aux=aux, encoder=encoder_out,
-                               hidden_states=hidden)
-
+        return self.decode(self.encode(images, mask), query_extra, self_attn_mask)
 
 def build_model(config: ModelConfig, num_classes: int) -> DeformableDETR:
     """The detector for ``config`` with ``num_classes`` outputs."""
