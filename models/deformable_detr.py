@@ -57,7 +57,7 @@ def _valid_ratio(mask: Tensor) -> Tensor:
     return torch.stack((valid_w, valid_h), dim=-1)
 
 
-def _heads(module: nn.Module, count: int, shared: bool) -> nn.ModuleList:
+def heads_of(module: nn.Module, count: int, shared: bool) -> nn.ModuleList:
     """``count`` heads: the same module repeated (shared weights) or independent copies."""
     return nn.ModuleList(module if shared else copy.deepcopy(module) for _ in range(count))
 
@@ -97,8 +97,8 @@ class DeformableDETR(nn.Module):
         # Per-layer heads when boxes are refined layer by layer; one extra pair scores two-stage proposals.
         per_layer = config.with_box_refine or config.two_stage
         num_heads = config.dec_layers + (1 if config.two_stage else 0)
-        self.class_heads = _heads(class_head(d, num_classes), num_heads, shared=not per_layer)
-        self.box_heads = _heads(box_head(d), num_heads, shared=not per_layer)
+        self.class_heads = heads_of(class_head(d, num_classes), num_heads, shared=not per_layer)
+        self.box_heads = heads_of(box_head(d), num_heads, shared=not per_layer)
         dec_layer = DecoderLayer(d, config.ffn_dim, config.dropout, config.num_feature_levels,
                                  config.num_heads, config.dec_points, config.msda_backend)
         self.decoder = DeformableDecoder(dec_layer, config.dec_layers, self.box_heads,
