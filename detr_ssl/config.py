@@ -86,6 +86,16 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class PairConfig:
+    """Pair DETR: keypoint embeddings and the contrastive pairing loss (matching/box weights: --loss.*)."""
+
+    embed_dim: int = 64
+    temperature: float = 0.1
+    """InfoNCE temperature of the corner/center pairing loss."""
+    pair_weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Where results go and how the loop runs."""
 
@@ -117,6 +127,8 @@ class FinetuneConfig:
     preset: Literal["demo", "paper"] = "paper"
     """Defaults for everything: 'demo' (tiny model, embedded data) or 'paper' (published recipe).
     Without --train-json the demo preset is used."""
+    architecture: Annotated[Literal["deformable_detr", "pairdetr"], tyro.conf.arg(name="model")] = "deformable_detr"
+    """Detector: Deformable DETR, or Pair DETR (corner + center keypoint decoders, --pair.* options)."""
     model_size: Literal["tiny", "r50"] = "r50"
     """Architecture preset; --model.* flags override single fields."""
     pretrained: Path | None = None
@@ -125,6 +137,7 @@ class FinetuneConfig:
     optim: Annotated[OptimConfig, tyro.conf.OmitArgPrefixes] = OptimConfig()
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = RunConfig()
     loss: LossConfig = LossConfig()
+    pair: PairConfig = PairConfig()
     model: ModelConfig = ModelConfig()
 
 
@@ -247,7 +260,7 @@ class PretrainConfig:
     """Self-supervised pretraining of the whole Deformable DETR (backbone, encoder, decoder, heads)."""
 
     task: str = "detreg"
-    """Pretext task (see detr_ssl.tasks.TASKS): updetr, detreg."""
+    """Pretext task (see detr_ssl.tasks.TASKS): updetr, detreg, pairdetr."""
     preset: Literal["demo", "paper"] = "paper"
     """Defaults for everything: 'demo' (tiny model, embedded photos) or 'paper' (published recipe).
     Without --data the demo preset is used."""
@@ -257,6 +270,7 @@ class PretrainConfig:
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = RunConfig(output_dir=Path("outputs/pretrain"))
     detreg: Annotated[DetRegConfig, tyro.conf.OmitArgPrefixes] = DetRegConfig()
     updetr: UpDetrConfig = UpDetrConfig()
+    pair: PairConfig = PairConfig()
     loss: LossConfig = LossConfig()
     model: ModelConfig = ModelConfig(train_backbone=False)
 

@@ -106,14 +106,26 @@ class HungarianMatcher(nn.Module):
         cost = self.cost_matrix(logits.flatten(0, 1), boxes.flatten(0, 1), labels, target_boxes)
         if not bool(torch.isfinite(cost).all()):
             raise ValueError("non-finite matching cost: the predicted logits or boxes contain NaN or inf")
-        per_image = cost.view(batch, num_queries, -1).cpu().split(sizes, dim=-1)
+        return assign_per_image(cost.view(batch, num_queries, -1).cpu(), sizes)
 
-        matches: MatchIndices = []
-        for image, image_cost in enumerate(per_image):
-            if sizes[image] == 0:
-                matches.append((empty, empty))
-                continue
-            query_idx, target_idx = linear_sum_assignment(image_cost[image].numpy())
-            matches.append((torch.as_tensor(query_idx, dtype=torch.int64),
-                            torch.as_tensor(target_idx, dtype=torch.int64)))
-        return matches
+
+def assign_per_image(cost: Tensor, sizes: list[int]) -> MatchIndices:
+    """Per-image optimal assignment from a batched cost.
+
+    Args:
+        cost: ``(B, Q, sum(sizes))`` CPU costs of every query of every image against every target of the
+            batch, targets concatenated image by image (pairing across images is computed, never used).
+        sizes: ``K_i``, the number of targets of each image.
+    Returns:
+        per image ``(query_idx, target_idx)``, int64, sorted by query index; empty for images without targets.
+    """
+    empty = torch.empty(0, dtype=torch.int64)
+    matches: MatchIndices = []
+    for image, image_cost in enumerate(cost.split(sizes, dim=-1)):
+        if sizes[image] == 0:
+            matches.append((empty, empty))
+            continue
+        query_idx, target_idx = linear_sum_assignment(image_cost[image].numpy())
+        matches.append((torch.as_tensor(query_idx, dtype=torch.int64),
+                        torch.as_tensor(target_idx, dtype=torch.int64)))
+    return matches

@@ -1,4 +1,7 @@
-"""Pair DETR: an object is a pair of keypoints, its top-left corner and its center (Wang et al., 2022).
+"""Pair DETR: an object is a pair of keypoints, its top-left corner and its center.
+
+Reference: Iranmanesh, Chen and Lien, "Pair DETR: Contrastive Learning Speeds Up DETR Training", 2022
+(arXiv 2210.16476).
 
 Built from the shared Deformable DETR by configuration, not by copying it: the detector's own decoder
 and class heads serve as the *center* decoder (the center of its box prediction is the keypoint), and a

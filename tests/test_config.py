@@ -54,3 +54,9 @@ def test_unknown_model_preset() -> None:
 def test_to_plain_is_json_ready() -> None:
     plain = to_plain(parse_finetune_args(["--train-json", "t.json"]))
     assert plain["data"]["train_json"] == "t.json" and isinstance(plain["data"]["train_scales"], list)
+
+
+def test_model_flag_selects_pair_detr_and_its_options() -> None:
+    cfg = parse_finetune_args(["--model", "pairdetr", "--pair.temperature", "0.2", "--model.hidden-dim", "32"])
+    assert cfg.architecture == "pairdetr" and cfg.pair.temperature == 0.2 and cfg.model.hidden_dim == 32
+    assert parse_finetune_args([]).architecture == "deformable_detr"

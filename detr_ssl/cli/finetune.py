@@ -15,8 +15,7 @@ from detr_ssl.engine.evaluate import make_coco_evaluate
 from detr_ssl.engine.trainer import Trainer
 from detr_ssl.errors import ConfigError, DataError
 from detr_ssl.evaluation import write_metrics_json
-from detr_ssl.models.deformable_detr import build_model
-from detr_ssl.tasks.supervised import SupervisedTask
+from detr_ssl.tasks.supervised import build_supervised
 
 
 def resolve_data(data: DataConfig) -> DataConfig:
@@ -51,13 +50,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
         data = resolve_data(cfg.data)
         train_set, val_set = load_datasets(data)
     cfg = replace(cfg, data=data)
-    model = build_model(cfg.model, train_set.num_classes)
+    model, task = build_supervised(cfg.architecture, cfg.model, train_set.num_classes, cfg.loss, cfg.pair)
     if cfg.pretrained is not None:
         missing, dropped = load_pretrained(model, cfg.pretrained)
         accelerator.print(f"initialised from {cfg.pretrained}: {len(missing)} tensors left at init, "
                           f"{len(dropped)} checkpoint tensors not used" + (f" (e.g. {dropped[:3]})" if dropped else ""))
-    task = SupervisedTask(train_set.num_classes, cfg.loss)
-    evaluate = make_coco_evaluate(accelerator, val_set, cfg.optim.batch_size, cfg.data.num_workers)
+    evaluate = make_coco_evaluate(accelerator, val_set, cfg.optim.batch_size, cfg.data.num_workers, task.detect)
     trainer = Trainer(
         accelerator, model, task, train_set, cfg.optim, cfg.run, num_workers=cfg.data.num_workers,
         evaluate=evaluate,

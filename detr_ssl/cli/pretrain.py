@@ -35,7 +35,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     trainer.fit()
     exported = Path(cfg.run.output_dir) / PRETRAINED_FILE
     if accelerator.is_main_process:
-        detector = task.detector(accelerator.unwrap_model(trainer.model))
+        detector = task.exported(accelerator.unwrap_model(trainer.model))
         atomic_torch_save({"model": detector.state_dict(), "task": cfg.task, "config": to_plain(cfg.model)}, exported)
         accelerator.print(f"pretrained detector written to {exported}")
     accelerator.wait_for_everyone()

@@ -79,6 +79,21 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+_WRAPPER_PREFIX = "detector."
+
+
+def _align_prefix(state: dict[str, Any], own_keys: Any) -> dict[str, Any]:
+    """Pretext and Pair DETR models hold the Deformable DETR under ``detector.``; a plain detector does
+    not. Adds or strips that prefix when doing so makes more of the checkpoint's keys fit the model."""
+    own_keys = set(own_keys)
+    candidates = [
+        state,
+        {k.removeprefix(_WRAPPER_PREFIX): v for k, v in state.items()},
+        {(k if k.startswith(_WRAPPER_PREFIX) else _WRAPPER_PREFIX + k): v for k, v in state.items()},
+    ]
+    return max(candidates, key=lambda candidate: len(own_keys & candidate.keys()))
+
+
 def load_pretrained(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
     """Initialises ``model`` from a checkpoint non-strictly.
 
@@ -87,8 +102,8 @@ def load_pretrained(model: nn.Module, path: Path) -> tuple[list[str], list[str]]
     """
     from detr_ssl.models.checkpoint_io import load_state_dict_file
 
-    state = load_state_dict_file(path)
     own = model.state_dict()
+    state = _align_prefix(load_state_dict_file(path), own.keys())
     kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not kept:
         raise CheckpointError(f"{path}: no tensor in this checkpoint fits the model")

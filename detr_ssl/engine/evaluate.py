@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,19 +12,31 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from detr_ssl.datasets import CocoDetection, collate_detection
+from detr_ssl.datasets.collate import Batch
 from detr_ssl.engine.trainer import Evaluate
 from detr_ssl.evaluation import CocoEvaluator, postprocess
+from detr_ssl.models.outputs import DetectionOutput
+
+
+Detect = Callable[[nn.Module, Batch], DetectionOutput]
+
+
+def run_detector(model: nn.Module, batch: Batch) -> DetectionOutput:
+    """The default :data:`Detect`: the model's own output is a :class:`DetectionOutput`."""
+    return model(batch.images, batch.mask)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator, top_k: int = 100) -> list[dict[str, Any]]:
+def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator, detect: Detect = run_detector,
+            top_k: int = 100) -> list[dict[str, Any]]:
     """Detections for every image of ``loader`` (all processes' shards, gathered): a list of
-    ``{"image_id", "scores", "labels", "boxes"}`` with boxes as absolute xyxy of the original image."""
+    ``{"image_id", "scores", "labels", "boxes"}`` with boxes as absolute xyxy of the original image.
+    ``detect`` turns a batch into detections (models whose output is not a DetectionOutput pass their own)."""
     was_training = model.training
     model.eval()
     results: list[dict[str, Any]] = []
     for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
-        outputs = model(batch.images, batch.mask)
+        outputs = detect(model, batch)
         orig_sizes = torch.stack([t["orig_size"] for t in batch.targets])
         detections = postprocess(outputs, orig_sizes, top_k=top_k)
         for target, det in zip(batch.targets, detections):
@@ -33,7 +46,7 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator, top_
 
 
 def make_coco_evaluate(accelerator: Accelerator, dataset: CocoDetection, batch_size: int,
-                       num_workers: int = 0) -> Evaluate:
+                       num_workers: int = 0, detect: Detect = run_detector) -> Evaluate:
     """A callable ``model -> COCO box metrics`` over ``dataset`` (metrics are computed on the main
     process; other processes get an empty dict)."""
     # Own generator: evaluating must not move the training run's global RNG.
@@ -41,7 +54,7 @@ def make_coco_evaluate(accelerator: Accelerator, dataset: CocoDetection, batch_s
                                             collate_fn=collate_detection, generator=torch.Generator()))
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        detections = predict(model, loader, accelerator)
+        detections = predict(model, loader, accelerator, detect)
         if not accelerator.is_main_process:
             return {}
         evaluator = CocoEvaluator(dataset.coco, dataset.category_ids)

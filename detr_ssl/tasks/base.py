@@ -13,7 +13,6 @@ from detr_ssl.datasets.collate import Batch
 if TYPE_CHECKING:
     from detr_ssl.config import PretrainConfig
     from detr_ssl.datasets import ImageFolderDataset
-    from detr_ssl.models.deformable_detr import DeformableDETR
 
 
 class LossResult(Protocol):
@@ -51,12 +50,13 @@ class PretextTask(Task):
 
     @abstractmethod
     def build_model(self) -> nn.Module:
-        """The detector plus this task's heads; ``model.detector`` is exported for fine-tuning."""
+        """The detector plus this task's heads (:meth:`exported` picks what fine-tuning gets)."""
 
     @abstractmethod
     def build_dataset(self, images: ImageFolderDataset) -> Dataset:
         """Training samples (image, target) from unlabeled ``images`` (returned without transforms)."""
 
     @staticmethod
-    def detector(model: nn.Module) -> DeformableDETR:
+    def exported(model: nn.Module) -> nn.Module:
+        """What ``pretrained.pth`` holds: the detector without the pretext-only heads."""
         return model.detector

@@ -30,6 +30,16 @@ from detr_ssl.tasks import register_task
 from detr_ssl.tasks.base import PretextTask
 
 
+def proposal_dataset(config: PretrainConfig, images: ImageFolderDataset, transforms) -> ProposalDataset:
+    """Unlabeled images whose targets are their cached selective-search proposals (class 0); the cache
+    and proposal settings are the ``--proposal-*`` options (default cache: OUTPUT/proposals)."""
+    options = config.detreg
+    settings = ProposalSettings(resize=options.proposal_resize, top_k=options.proposal_top_k)
+    cache = ProposalCache(options.proposal_cache or Path(config.run.output_dir) / "proposals", settings)
+    provider = ProposalProvider(settings, cache, require_cache=options.require_cache)
+    return ProposalDataset(images, provider, transforms)
+
+
 class DetRegModel(nn.Module):
     """Deformable DETR + an embedding head on every decoder layer's output."""
 
@@ -63,14 +73,8 @@ class DetRegTask(PretextTask):
                                      self.options.teacher_stage, fallback=detector.backbone)
         return DetRegModel(detector, self.teacher.dim)
 
-    def proposal_cache_dir(self) -> Path:
-        return self.options.proposal_cache or Path(self.config.run.output_dir) / "proposals"
-
     def build_dataset(self, images: ImageFolderDataset, transforms) -> Dataset:
-        settings = ProposalSettings(resize=self.options.proposal_resize, top_k=self.options.proposal_top_k)
-        cache = ProposalCache(self.proposal_cache_dir(), settings)
-        provider = ProposalProvider(settings, cache, require_cache=self.options.require_cache)
-        return ProposalDataset(images, provider, transforms)
+        return proposal_dataset(self.config, images, transforms)
 
     def compute_loss(self, model: nn.Module, batch: Batch) -> LossOutput:
         if self.teacher is None:

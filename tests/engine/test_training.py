@@ -6,6 +6,7 @@ import csv
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from detr_ssl.cli.finetune import finetune
@@ -17,8 +18,9 @@ def _losses(output_dir: Path) -> list[float]:
         return [float(row["value"]) for row in csv.DictReader(handle) if row["tag"] == "train/loss"]
 
 
-def test_tiny_model_overfits_a_few_demo_images(small_run) -> None:
-    cfg = small_run(4, eval_every=1000, checkpoint_every=1000)
+@pytest.mark.parametrize("architecture", ["deformable_detr", "pairdetr"])
+def test_tiny_model_overfits_a_few_demo_images(small_run, architecture: str) -> None:
+    cfg = replace(small_run(4, eval_every=1000, checkpoint_every=1000), architecture=architecture)
     # No augmentation: the same four images every step, one batch per epoch.
     cfg = replace(cfg, data=replace(cfg.data, train_scales=(128,), crop=None),
                   optim=replace(cfg.optim, epochs=60, lr=1e-3, lr_backbone=1e-3, lr_drop=1000))

@@ -9,7 +9,7 @@ from detr_ssl.tasks import TASKS, get_task
 
 
 def test_published_tasks_are_registered() -> None:
-    assert {"updetr", "detreg"} <= set(TASKS)
+    assert {"updetr", "detreg", "pairdetr"} <= set(TASKS)
     assert all(get_task(name).name == name for name in TASKS)
 
 
