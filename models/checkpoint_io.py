@@ -12,20 +12,23 @@ from detr_ssl.errors import CheckpointError
 
 
 def load_untrusted(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` on CPU; a missing file or a pickle payload becomes
-    a CheckpointError naming the file."""
+    """``torch.load`` with ``weights_only=True`` on CPU; a missing, corrupt or non-checkpoint file and a
+    pickle payload (a blocked class or function) each become a CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused to load: the file holds Python objects beyond tensors and plain containers "
-            f"(weights_only=True); re-save it as a plain state dict ({str(exc).splitlines()[0]})"
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
+        if "unsupported global" in str(exc).lower():  # a class or function the unpickler blocks
+            raise CheckpointError(
+                f"{path}: refused to load: the file holds Python objects beyond tensors and plain containers "
+                f"(weights_only=True); re-save it as a plain state dict"
+            ) from exc
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint") from exc
+    except Exception as exc:  # a corrupt file can fail anywhere inside the unpickler (IndexError, ...)
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {detail})") from exc
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:

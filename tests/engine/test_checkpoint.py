@@ -67,10 +67,14 @@ class _Payload:
 
 def test_pickle_payload_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
-    with path.open("wb") as handle:
-        pickle.dump({"model": _Payload()}, handle)
-    with pytest.raises(CheckpointError, match="evil.pth.*refused"):
+    torch.save({"model": {"w": torch.zeros(1)}, "hook": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="evil.pth: refused to load"):
         load_untrusted(path)
+    raw = tmp_path / "raw.pth"  # a bare pickle stream is refused too, whatever the opcode it trips on
+    with raw.open("wb") as handle:
+        pickle.dump({"model": _Payload()}, handle)
+    with pytest.raises(CheckpointError, match="raw.pth"):
+        load_untrusted(raw)
 
 
 def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -91,3 +95,13 @@ def test_load_pretrained_drops_mismatched_class_head(tmp_path: Path) -> None:
     assert torch.equal(target["class_head"].weight, before)
     assert dropped == ["class_head.bias", "class_head.weight"]
     assert missing == ["class_head.bias", "class_head.weight"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_bytes_are_never_mistaken_for_a_payload_or_crash(tmp_path: Path, seed: int) -> None:
+    import random
+
+    path = tmp_path / "junk.pth"
+    path.write_bytes(random.Random(seed).randbytes(4096))
+    with pytest.raises(CheckpointError, match="junk.pth: not a readable PyTorch checkpoint"):
+        load_untrusted(path)
