@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-MsdaBackend = Literal["auto", "pytorch", "mmcv"]
+from detr_ssl.models.msda import Backend
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ModelConfig:
     with_box_refine: bool = False
     two_stage: bool = False
     """Encoder proposals become the decoder's queries (implies per-layer box heads)."""
-    msda_backend: MsdaBackend = "auto"
+    msda_backend: Backend = "auto"
     """auto: mmcv's CUDA kernel when importable and on CUDA, otherwise pure PyTorch."""
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
+from assignment_reference import brute_force_best
 
 from detr_ssl.matcher import HungarianMatcher
 
@@ -41,16 +41,6 @@ def random_case(generator: torch.Generator, num_queries: int, sizes: list[int], 
     pred = boxes(batch * num_queries).view(batch, num_queries, 4)
     targets = [{"labels": torch.randint(num_classes, (k,), generator=generator), "boxes": boxes(k)} for k in sizes]
     return logits, pred, targets
-
-
-def brute_force_best(cost: list[list[float]]) -> float:
-    """Minimum total cost over every one-to-one assignment of min(Q, K) pairs."""
-    num_queries, num_targets = len(cost), len(cost[0])
-    if num_targets <= num_queries:
-        return min(sum(cost[q][k] for k, q in enumerate(perm))
-                   for perm in itertools.permutations(range(num_queries), num_targets))
-    return min(sum(cost[q][k] for q, k in enumerate(perm))
-               for perm in itertools.permutations(range(num_targets), num_queries))
 
 
 def image_cost(logits: torch.Tensor, boxes: torch.Tensor, target: dict[str, torch.Tensor],

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
+from assignment_reference import brute_force_best
 
 from detr_ssl.matcher import HungarianMatcher
 from detr_ssl.pair_matcher import PairHungarianMatcher
@@ -57,16 +57,6 @@ def image_cost(logits: torch.Tensor, corners: torch.Tensor, centers: torch.Tenso
     return [[reference_cost(corners[q].tolist(), centers[q].tolist(), float(logits[q, int(label)]), box, matcher)
              for label, box in zip(target["labels"], target["boxes"].tolist())]
             for q in range(len(logits))]
-
-
-def brute_force_best(cost: list[list[float]]) -> float:
-    """Minimum total cost over every one-to-one assignment of min(Q, K) pairs."""
-    num_queries, num_targets = len(cost), len(cost[0])
-    if num_targets <= num_queries:
-        return min(sum(cost[q][k] for k, q in enumerate(perm))
-                   for perm in itertools.permutations(range(num_queries), num_targets))
-    return min(sum(cost[q][k] for q, k in enumerate(perm))
-               for perm in itertools.permutations(range(num_targets), num_queries))
 
 
 @pytest.mark.parametrize("sizes", [[3, 1], [5], [2, 0, 4], [1, 6], [4, 4], [0, 3, 7]])

@@ -141,7 +141,8 @@ def test_invalid_boxes_can_be_dropped_instead(make_coco: Callable[..., Any], coc
         dataset = _dataset(files, on_invalid_box="drop")
     _, target = dataset[0]
     assert [dataset.category_ids[label] for label in target["labels"].tolist()] == [9]
-    assert 1 not in dataset.coco.anns
+    dropped_annotation_id = annotations[0]["id"]
+    assert dropped_annotation_id not in dataset.coco.anns
 
 
 def test_missing_and_truncated_images_raise_at_access_and_are_reported(tiny_coco: Any) -> None:
