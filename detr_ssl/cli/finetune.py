@@ -62,7 +62,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
         checkpoint_extra={"config": to_plain(cfg), "num_classes": train_set.num_classes,
                           "category_ids": train_set.category_ids},
     )
-    metrics = trainer.fit() or evaluate(trainer.model)
+    metrics = trainer.fit()
+    if metrics is None:  # stopped by --max-steps before the scheduled evaluation; every process joins this one
+        metrics = evaluate(trainer.model)
     if accelerator.is_main_process:
         write_metrics_json(cfg.run.output_dir / "metrics.json", metrics)
         accelerator.print(f"metrics written to {cfg.run.output_dir / 'metrics.json'}: {json.dumps(metrics)}")

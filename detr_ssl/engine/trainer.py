@@ -81,7 +81,8 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, optim)
         self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
         self.logger = ScalarLogger(self.output_dir, accelerator.is_main_process, run.tensorboard)
-        self.metrics: dict[str, float] = {}
+        self.metrics: dict[str, float] | None = None
+        """The last evaluation's metrics (an empty dict on non-main processes); None until one ran."""
         resume_path = resolve_resume(run.resume, self.output_dir)
         if resume_path is not None:
             self._load(resume_path)
@@ -114,8 +115,9 @@ class Trainer:
         self.accelerator.print(f"resumed from {path} at epoch {self.progress.epoch}, step {self.progress.step}")
 
     # -- the loop ------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, float]:
-        """Trains until ``optim.epochs`` (or ``run.max_steps``); returns the last evaluation's metrics."""
+    def fit(self) -> dict[str, float] | None:
+        """Trains until ``optim.epochs`` (or ``run.max_steps``); returns the last evaluation's metrics, or
+        None when none ran (stopped by ``max_steps`` first, or no ``evaluate``)."""
         try:
             while self.progress.epoch < self.optim_cfg.epochs:
                 finished_epoch = self._train_epoch()
