@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import Tensor, nn
 
 from detr_ssl.errors import ConfigError

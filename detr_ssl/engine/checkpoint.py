@@ -9,15 +9,14 @@ Layout of a training checkpoint (``torch.save`` of a dict):
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from detr_ssl.atomic_io import atomic_write
 from detr_ssl.errors import CheckpointError
 from detr_ssl.models.checkpoint_io import load_untrusted
 
@@ -26,20 +25,9 @@ _EPOCH_FILE = re.compile(r"checkpoint_(\d{4,})\.pth$")
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Writes to a temporary file in the same folder, flushes it to disk, then renames it over ``path``:
-    a reader (or a crash) sees either the old file or the complete new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` to ``path`` atomically and durably (fsync before the rename): a reader, or a crash,
+    sees either the old checkpoint or the complete new one, never half of one."""
+    atomic_write(path, lambda handle: torch.save(obj, handle), durable=True)
 
 
 def save_training_checkpoint(state: dict[str, Any], output_dir: Path, epoch: int, keep_last: int) -> Path:

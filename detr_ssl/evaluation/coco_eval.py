@@ -10,8 +10,6 @@ import copy
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
+from detr_ssl.atomic_io import atomic_write_json
 from detr_ssl.box_ops import xyxy_to_xywh
 from detr_ssl.errors import DataError
 
@@ -174,12 +173,4 @@ def write_metrics_json(path: str | Path, metrics: Mapping[str, float]) -> None:
     bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
         raise ValueError(f"{path}: metrics must be finite to be written as JSON, got {bad}")
-    text = json.dumps(dict(metrics), indent=2) + "\n"
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as tmp:
-            tmp.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, dict(metrics), indent=2)

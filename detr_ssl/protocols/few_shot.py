@@ -28,7 +28,7 @@ import numpy as np
 
 from detr_ssl.datasets.coco_json import read_json
 from detr_ssl.errors import ConfigError, DataError
-from detr_ssl.protocols.label_fractions import _write_json_atomic
+from detr_ssl.atomic_io import atomic_write_json
 
 __all__ = [
     "NOVEL_COCO_IDS",
@@ -142,7 +142,7 @@ def kshot_document(document: Mapping[str, Any], selection: KShotSelection) -> di
 def write_selection_json(path: str | Path, selection: KShotSelection, k: int, seed: int) -> None:
     """Record a K-shot selection (atomically) as
     ``{"k", "seed", "image_ids", "annotation_ids", "per_class_counts": {"<category id>": n}}``."""
-    _write_json_atomic(
+    atomic_write_json(
         Path(path),
         {
             "k": int(k),

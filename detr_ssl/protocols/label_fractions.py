@@ -23,11 +23,8 @@ Every file is written atomically (a temporary file in the same folder, then ``os
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from detr_ssl.atomic_io import atomic_write_json
 from detr_ssl.datasets.coco_json import parse_images, read_json
 from detr_ssl.errors import ConfigError, DataError
 
@@ -124,21 +122,6 @@ def stac_fold_name(stem: str, seed: int, fraction: float) -> str:
     return f"{stem}.{int(seed)}@{format_percent(fraction)}.json"
 
 
-def _write_json_atomic(path: Path, data: Any, indent: int | None = None) -> None:
-    """Write ``data`` as JSON to a temporary file in the target folder, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as tmp:
-            json.dump(data, tmp, indent=indent)
-            tmp.write("\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_fraction(train_json: str | Path, out_dir: str | Path, fraction: float, seed: int = 42) -> FractionFiles:
     """Write the STAC-style fold of ``train_json`` for (fraction, seed) into ``out_dir``.
 
@@ -161,8 +144,8 @@ def write_fraction(train_json: str | Path, out_dir: str | Path, fraction: float,
     out_dir = Path(out_dir)
     json_path = out_dir / stac_fold_name(stem, seed, fraction)
     ids_path = json_path.with_name(json_path.name[: -len(".json")] + ".image_ids.json")
-    _write_json_atomic(json_path, subset_coco(document, chosen))
-    _write_json_atomic(
+    atomic_write_json(json_path, subset_coco(document, chosen))
+    atomic_write_json(
         ids_path,
         {
             "source": name,
@@ -206,7 +189,7 @@ def write_ut_id_lists(path: str | Path, lists: Mapping[float | str, Mapping[int 
         if key in data:
             raise ConfigError(f"percentage {pct!r} given twice (as {key!r})")
         data[key] = {str(int(seed)): sorted(int(i) for i in ids) for seed, ids in by_seed.items()}
-    _write_json_atomic(Path(path), data)
+    atomic_write_json(Path(path), data)
 
 
 def read_ut_id_lists(path: str | Path) -> dict[float, dict[int, list[int]]]:
