@@ -18,7 +18,8 @@ from torch import nn
 
 from detr_ssl.atomic_io import atomic_write
 from detr_ssl.errors import CheckpointError
-from detr_ssl.models.checkpoint_io import load_untrusted
+from detr_ssl.models.checkpoint_io import load_state_dict_file, load_untrusted
+from detr_ssl.models.foreign_checkpoints import convert_foreign_state_dict, is_foreign_layout
 
 LATEST = "checkpoint.pth"
 _EPOCH_FILE = re.compile(r"checkpoint_(\d{4,})\.pth$")
@@ -85,16 +86,22 @@ def _align_prefix(state: dict[str, Any], own_keys: Any) -> dict[str, Any]:
 def load_pretrained(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
     """Initialises ``model`` from a checkpoint non-strictly.
 
-    Tensors whose shape differs from the model's (the class head when the class count changes) are
-    dropped, as are keys the model lacks. Returns (missing keys, dropped keys) for reporting.
+    Accepts our checkpoints (training or ``pretrained.pth``) and the original Deformable DETR / DetReg /
+    UP-DETR key layouts (renamed by :mod:`detr_ssl.models.foreign_checkpoints`). Tensors whose shape
+    differs from the model's (the class head when the class count changes) are dropped, as are keys the
+    model lacks. Returns (missing keys, dropped keys) for reporting; a key that is another name of a
+    loaded tensor (a shared head) is not missing.
     """
-    from detr_ssl.models.checkpoint_io import load_state_dict_file
-
-    own = model.state_dict()
-    state = _align_prefix(load_state_dict_file(path), own.keys())
+    state = load_state_dict_file(path)
+    if is_foreign_layout(state):
+        state = convert_foreign_state_dict(state)
+    own = model.state_dict(keep_vars=True)
+    state = _align_prefix(state, own.keys())
     kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not kept:
         raise CheckpointError(f"{path}: no tensor in this checkpoint fits the model")
     dropped = sorted(set(state) - set(kept))
-    result = model.load_state_dict(kept, strict=False)
-    return sorted(result.missing_keys), dropped
+    model.load_state_dict(kept, strict=False)
+    loaded = {id(own[k]) for k in kept}
+    missing = sorted(k for k, tensor in own.items() if k not in kept and id(tensor) not in loaded)
+    return missing, dropped
