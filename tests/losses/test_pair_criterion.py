@@ -221,3 +221,17 @@ def test_invalid_arguments_are_rejected() -> None:
         PairSetCriterion(0)
     with pytest.raises(ValueError):
         PairSetCriterion(NUM_CLASSES, temperature=0.0)
+
+
+def test_pairing_loss_uses_the_same_matched_query_for_corner_and_center() -> None:
+    """Distinct embeddings per query: the loss is low only when the corner and center embeddings of the
+    *same* matched query agree, so taking the centers of other queries would be caught."""
+    targets = make_targets()
+    output = perfect_output(targets)
+    torch.manual_seed(0)
+    distinct = torch.randn(output.corner_embed.shape) * 10
+    aligned = dataclasses.replace(output, corner_embed=distinct, center_embed=distinct.clone())
+    rolled = dataclasses.replace(output, corner_embed=distinct, center_embed=distinct.roll(1, dims=1))
+    criterion = PairSetCriterion(num_classes=output.logits.shape[-1], aux_loss=False)
+    assert criterion(aligned, targets).terms["loss_pair"] < 0.05
+    assert criterion(rolled, targets).terms["loss_pair"] > 1.0
