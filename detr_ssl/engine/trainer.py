@@ -150,29 +150,28 @@ class Trainer:
         if self.progress.batch_in_epoch:
             loader = self.accelerator.skip_first_batches(self.loader, self.progress.batch_in_epoch)
         self.model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.optim_cfg.epochs}", leave=False,
-                   disable=not self.accelerator.is_local_main_process, dynamic_ncols=True)
-        for batch in bar:
-            with self.accelerator.accumulate(self.model):
-                loss = self.task.compute_loss(self.model, batch)
-                self._check_finite(loss.total, loss.terms)
-                self.accelerator.backward(loss.total)
-                grad_norm = None
-                if self.accelerator.sync_gradients:
-                    max_norm = self.optim_cfg.clip_max_norm if self.optim_cfg.clip_max_norm > 0 else math.inf
-                    grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad()
-            self.progress.batch_in_epoch += 1
-            if not self.accelerator.sync_gradients:
-                continue
-            self.progress.step += 1
-            bar.set_postfix(loss=f"{loss.total.item():.4f}")
-            if self.progress.step % self.run.log_every == 0:
-                self._log_step(loss, grad_norm)
-            if self._reached_max_steps():
-                return False
-        bar.close()
+        with tqdm(loader, desc=f"epoch {epoch + 1}/{self.optim_cfg.epochs}", leave=False,
+                  disable=not self.accelerator.is_local_main_process, dynamic_ncols=True) as bar:
+            for batch in bar:
+                with self.accelerator.accumulate(self.model):
+                    loss = self.task.compute_loss(self.model, batch)
+                    self._check_finite(loss.total, loss.terms)
+                    self.accelerator.backward(loss.total)
+                    grad_norm = None
+                    if self.accelerator.sync_gradients:
+                        max_norm = self.optim_cfg.clip_max_norm if self.optim_cfg.clip_max_norm > 0 else math.inf
+                        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                self.progress.batch_in_epoch += 1
+                if not self.accelerator.sync_gradients:
+                    continue
+                self.progress.step += 1
+                bar.set_postfix(loss=f"{loss.total.item():.4f}")
+                if self.progress.step % self.run.log_every == 0:
+                    self._log_step(loss, grad_norm)
+                if self._reached_max_steps():
+                    return False
         return True
 
     def _check_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:

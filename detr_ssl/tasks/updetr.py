@@ -13,6 +13,7 @@ import copy
 from dataclasses import replace
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -109,7 +110,7 @@ class UpDetrTask(PretextTask):
         opts = self.options
         sizes = torch.stack([t["size"] for t in batch.targets])
         patch_boxes = sample_patches(sizes, opts.num_patches, opts.min_patch_size)
-        unwrapped = model.module if hasattr(model, "module") else model
+        unwrapped = extract_model_from_parallel(model)
         crops = crop_and_resize(batch.images, [b.to(batch.images.device) for b in patch_boxes], opts.patch_size)
         features = unwrapped.encode_patches(crops).view(len(batch), opts.num_patches, -1)
         targets = [
