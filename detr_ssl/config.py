@@ -132,7 +132,11 @@ class FinetuneConfig:
     model_size: Literal["tiny", "r50"] = "r50"
     """Architecture preset; --model.* flags override single fields."""
     pretrained: Path | None = None
-    """Checkpoint to initialise from (non-strict; class head dropped when the class count differs)."""
+    """Checkpoint to initialise from (non-strict; class head dropped when the class count differs).
+    Its backbone normalisation (frozen BN or GroupNorm) is adopted."""
+    backbone_init: Path | None = None
+    """Backbone-only initialisation (the usual baseline): a SwAV-layout / timm / torchvision ResNet file,
+    or a backbone pretext's pretrained.pth. Implies frozen-BN normalisation."""
     data: Annotated[DataConfig, tyro.conf.OmitArgPrefixes] = DataConfig()
     optim: Annotated[OptimConfig, tyro.conf.OmitArgPrefixes] = OptimConfig()
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = RunConfig()
@@ -171,12 +175,13 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 
 def _parse_with_presets(config_cls: type, presets: dict[str, Callable[[], Any]], data_flag: str,
-                        argv: list[str]) -> Any:
+                        argv: list[str], adjust: Callable[[Any], Any] | None = None) -> Any:
     """Builds a config from the command line: preset defaults first, then the flags given.
 
     ``--preset`` and ``--model-size`` choose the *defaults* tyro shows and fills in, so they are read
     before tyro runs; without ``--preset``, giving ``data_flag`` means 'paper', else 'demo'. A bad value
-    falls through to tyro, which rejects it with its usual message.
+    falls through to tyro, which rejects it with its usual message. ``adjust`` then edits those defaults
+    (a pretext task's own batch size, epochs, ...), still before the flags apply.
     """
     preset = _flag_value(argv, "--preset") or ("paper" if _flag_value(argv, data_flag) else "demo")
     default = presets.get(preset, presets["paper"])()
@@ -184,6 +189,8 @@ def _parse_with_presets(config_cls: type, presets: dict[str, Callable[[], Any]],
     if size in MODEL_PRESETS:
         model = replace(model_preset(size), train_backbone=default.model.train_backbone)
         default = replace(default, model_size=size, model=model)
+    if adjust is not None:
+        default = adjust(default)
     return tyro.cli(config_cls, default=default, args=argv)
 
 
@@ -242,7 +249,8 @@ class DetRegConfig:
     teacher_checkpoint: Path | None = None
     """SwAV ResNet-50 checkpoint in the official layout, or a timm ResNet state dict (default: the
     detector's own frozen backbone is the teacher)."""
-    teacher_arch: str = "resnet50"
+    teacher_arch: str | None = None
+    """timm ResNet name of --teacher-checkpoint (default: the detector's backbone, --model.backbone)."""
     teacher_stage: Literal["layer2", "layer4"] = "layer4"
     """Teacher features: layer4 (2048-d, the paper) or layer2 (512-d, the released config)."""
     proposal_cache: Path | None = None
@@ -256,21 +264,75 @@ class DetRegConfig:
 
 
 @dataclass(frozen=True)
+class MultiCropConfig:
+    """Random-resized-crop views of one image (SwAV multi-crop; DenseCL uses the two global views)."""
+
+    global_size: int = 224
+    local_size: int = 96
+    num_global: int = 2
+    num_local: int = 6
+    global_scale: tuple[float, float] = (0.14, 1.0)
+    """Area range of a global crop, as a fraction of the image."""
+    local_scale: tuple[float, float] = (0.05, 0.14)
+
+
+@dataclass(frozen=True)
+class SwavConfig:
+    """SwAV: swapped prediction of Sinkhorn-Knopp cluster assignments (Caron et al., 2020)."""
+
+    num_prototypes: int = 3000
+    feature_dim: int = 128
+    """Projection output (prototype) dimension."""
+    hidden_dim: int = 2048
+    """Projection MLP hidden width."""
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    """Entropy regularisation of the Sinkhorn-Knopp assignment."""
+    sinkhorn_iterations: int = 3
+    freeze_prototypes_steps: int = 313
+    """Prototypes receive no gradient for this many optimizer steps (the paper: one ImageNet epoch)."""
+    queue_length: int = 0
+    """Earlier embeddings kept per process to fill the Sinkhorn batch (0: no queue)."""
+    queue_start_step: int = 0
+    """Optimizer step from which the queue takes part (it fills from the start)."""
+
+
+@dataclass(frozen=True)
+class DenseClConfig:
+    """DenseCL: global + dense contrastive learning with a momentum encoder (Wang et al., 2021)."""
+
+    feature_dim: int = 128
+    hidden_dim: int = 2048
+    queue_length: int = 65536
+    momentum: float = 0.999
+    """Key encoder = momentum * key encoder + (1 - momentum) * query encoder, after every step."""
+    temperature: float = 0.2
+    dense_weight: float = 0.5
+    """Weight of the dense loss; the global loss gets 1 - dense_weight."""
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     """Self-supervised pretraining of the whole Deformable DETR (backbone, encoder, decoder, heads)."""
 
     task: str = "detreg"
-    """Pretext task (see detr_ssl.tasks.TASKS): updetr, detreg, pairdetr."""
+    """Pretext task (see detr_ssl.tasks.TASKS): updetr, detreg, pairdetr; backbone only: swav, densecl."""
     preset: Literal["demo", "paper"] = "paper"
     """Defaults for everything: 'demo' (tiny model, embedded photos) or 'paper' (published recipe).
     Without --data the demo preset is used."""
     model_size: Literal["tiny", "r50"] = "r50"
+    backbone_init: Path | None = None
+    """Backbone weights to start from: a SwAV-layout file (ours or the official one), a timm/torchvision
+    ResNet state dict, or a backbone pretext's pretrained.pth. Implies frozen-BN normalisation."""
     data: Annotated[PretrainDataConfig, tyro.conf.OmitArgPrefixes] = PretrainDataConfig()
     optim: Annotated[OptimConfig, tyro.conf.OmitArgPrefixes] = OptimConfig(lr_backbone=0.0)
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = RunConfig(output_dir=Path("outputs/pretrain"))
     detreg: Annotated[DetRegConfig, tyro.conf.OmitArgPrefixes] = DetRegConfig()
     updetr: UpDetrConfig = UpDetrConfig()
     pair: PairConfig = PairConfig()
+    swav: SwavConfig = SwavConfig()
+    densecl: DenseClConfig = DenseClConfig()
+    crops: MultiCropConfig = MultiCropConfig()
     loss: LossConfig = LossConfig()
     model: ModelConfig = ModelConfig(train_backbone=False)
 
@@ -296,4 +358,19 @@ PRETRAIN_PRESETS: dict[str, Callable[[], PretrainConfig]] = {"paper": paper_pret
 
 
 def parse_pretrain_args(argv: list[str]) -> PretrainConfig:
-    return _parse_with_presets(PretrainConfig, PRETRAIN_PRESETS, "--data", argv)
+    """The pretraining config; the chosen task adjusts the preset's defaults first (flags still win)."""
+    from detr_ssl.tasks import TASKS  # the tasks import this module
+
+    def task_defaults(config: PretrainConfig) -> PretrainConfig:
+        task = _flag_value(argv, "--task") or config.task
+        return TASKS[task].defaults(replace(config, task=task)) if task in TASKS else config
+
+    return _parse_with_presets(PretrainConfig, PRETRAIN_PRESETS, "--data", argv, task_defaults)
+
+
+def with_backbone_init(model: ModelConfig, backbone_init: Path | None) -> ModelConfig:
+    """``model`` starting from the backbone weights ``backbone_init`` (None: unchanged). Pretrained
+    statistics are kept, so the normalisation becomes frozen BN, as in the papers."""
+    if backbone_init is None:
+        return model
+    return replace(model, backbone_weights=backbone_init, backbone_norm="frozen_bn")

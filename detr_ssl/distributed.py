@@ -1,4 +1,4 @@
-"""The two collective helpers the losses need; both are no-ops in a single process.
+"""The collective helpers the losses need; all are no-ops in a single process.
 
 Accelerate (and torchrun) initialise ``torch.distributed``; nothing here initialises it, so the same
 code runs unchanged in one process on a laptop and across many GPUs.
@@ -6,10 +6,11 @@ code runs unchanged in one process on a laptop and across many GPUs.
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_reduce_sum", "is_distributed", "world_size"]
+__all__ = ["all_gather_cat", "all_reduce_max", "all_reduce_sum", "is_distributed", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -31,3 +32,22 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     if is_distributed():
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total
+
+
+def all_reduce_max(tensor: Tensor) -> Tensor:
+    """Element-wise maximum of ``tensor`` over all processes, as a new tensor."""
+    result = tensor.detach().clone()
+    if is_distributed():
+        dist.all_reduce(result, op=dist.ReduceOp.MAX)
+    return result
+
+
+def all_gather_cat(tensor: Tensor) -> Tensor:
+    """Every process's ``tensor`` (same shape everywhere) concatenated along dim 0 in rank order; no
+    gradient flows through it (keys for a queue, not predictions)."""
+    tensor = tensor.detach()
+    if not is_distributed():
+        return tensor.clone()
+    blocks = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(blocks, tensor.contiguous())
+    return torch.cat(blocks)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detr_ssl.errors import CheckpointError
-from detr_ssl.models.checkpoint_io import load_state_dict_file
+from detr_ssl.models.checkpoint_io import load_state_dict_file, trunk_keys
 
 BackboneNorm = Literal["frozen_bn", "group_norm"]
 
@@ -78,12 +78,13 @@ class Backbone(nn.Module):
 
 
 def load_backbone_weights(backbone: Backbone, path: Path) -> None:
-    """Loads a ResNet state dict saved by timm or torchvision (classifier keys ignored).
+    """Loads a ResNet state dict saved by timm or torchvision, an (official or our) SwAV-layout file or a
+    pretrained detector's backbone (see :func:`trunk_keys`); classifier and other heads are ignored.
 
     Raises CheckpointError naming the file when it has none of the backbone's keys.
     """
-    state = load_state_dict_file(path)
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith(("fc.", "module.fc."))}
+    state = trunk_keys(load_state_dict_file(path))
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = backbone.body.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:

@@ -43,3 +43,19 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor)")
     return obj
+
+
+#: Where a ResNet trunk's tensors sit in the files we accept, outermost first: DDP's wrapper, our
+#: detector (``backbone.body.``) and the original DETR family's (``backbone.0.body.``).
+_TRUNK_PREFIXES = ("module.", "backbone.0.body.", "backbone.body.")
+
+
+def trunk_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the trunk prefixes removed, so a ResNet's tensors carry torchvision names
+    (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...) whichever file they came from."""
+    renamed = {}
+    for key, value in state.items():
+        for prefix in _TRUNK_PREFIXES:
+            key = key.removeprefix(prefix)
+        renamed[key] = value
+    return renamed

@@ -22,7 +22,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detr_ssl.errors import CheckpointError
 from detr_ssl.models.backbone import Backbone
-from detr_ssl.models.checkpoint_io import load_state_dict_file
+from detr_ssl.models.checkpoint_io import load_state_dict_file, trunk_keys
 
 __all__ = ["FrozenEncoder", "Stage", "build_teacher", "load_swav_state_dict", "resnet_trunk"]
 
@@ -125,7 +125,8 @@ def load_swav_state_dict(path: Path, arch: str = "resnet50") -> dict[str, Tensor
     """Reads ResNet trunk weights: an official SwAV checkpoint or any torchvision/timm ResNet state dict.
 
     Accepted layouts: a plain state dict or one under ``state_dict`` / ``model``; keys with or without the
-    ``module.`` prefix DDP adds (SwAV's ``swav_800ep_pretrain.pth.tar`` and torch.hub ``swav`` have it).
+    ``module.`` prefix DDP adds (SwAV's ``swav_800ep_pretrain.pth.tar`` and torch.hub ``swav`` have it),
+    or a pretrained detector's ``backbone.body.`` (see :func:`trunk_keys`).
     SwAV's ``projection_head.*`` / ``prototypes.*``, the classifier ``fc.*`` and BN ``num_batches_tracked``
     counters are dropped; other keys outside the trunk's modules are ignored.
 
@@ -136,8 +137,7 @@ def load_swav_state_dict(path: Path, arch: str = "resnet50") -> dict[str, Tensor
         CheckpointError naming the file when it is unreadable, holds Python objects, or its tensors do not
         form an ``arch`` trunk (missing keys, keys of a deeper variant, wrong shapes: a count and examples).
     """
-    state = load_state_dict_file(path)
-    state = {key.removeprefix("module."): value for key, value in state.items()}
+    state = trunk_keys(load_state_dict_file(path))
     state = {key: value for key, value in state.items()
              if not key.startswith(_HEAD_PREFIXES) and not key.endswith("num_batches_tracked")}
     expected = _trunk_shapes(arch)

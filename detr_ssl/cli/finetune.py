@@ -8,13 +8,14 @@ from dataclasses import replace
 from accelerate.utils import set_seed
 
 from detr_ssl.cli.common import make_accelerator, run_main
-from detr_ssl.config import DataConfig, FinetuneConfig, parse_finetune_args, to_plain
+from detr_ssl.config import DataConfig, FinetuneConfig, parse_finetune_args, to_plain, with_backbone_init
 from detr_ssl.datasets import CocoDetection, demo_detection_dataset, make_eval_transforms, make_train_transforms
-from detr_ssl.engine.checkpoint import load_pretrained
+from detr_ssl.engine.checkpoint import checkpoint_backbone_norm, load_pretrained
 from detr_ssl.engine.evaluate import make_coco_evaluate
 from detr_ssl.engine.trainer import Trainer
 from detr_ssl.errors import ConfigError, DataError
 from detr_ssl.evaluation import write_metrics_json
+from detr_ssl.models.config import ModelConfig
 from detr_ssl.tasks.supervised import build_supervised
 
 
@@ -41,6 +42,19 @@ def load_datasets(data: DataConfig) -> tuple[CocoDetection, CocoDetection]:
     return train, val
 
 
+def initial_model_config(cfg: FinetuneConfig) -> ModelConfig:
+    """The model config with the initialisation's consequences: backbone weights from --backbone-init,
+    and the backbone normalisation a --pretrained checkpoint was trained with (loading frozen-BN
+    statistics into GroupNorm layers, or the reverse, would silently compute something else)."""
+    model = with_backbone_init(cfg.model, cfg.backbone_init)
+    if cfg.pretrained is not None:
+        norm = checkpoint_backbone_norm(cfg.pretrained)
+        if norm is not None and norm != model.backbone_norm:
+            print(f"{cfg.pretrained}: backbone normalisation {norm} (as pretrained) instead of {model.backbone_norm}")
+            model = replace(model, backbone_norm=norm)
+    return model
+
+
 def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     """Trains and evaluates; returns the final COCO metrics (on the main process)."""
     accelerator = make_accelerator(cfg.run, cfg.optim.grad_accum_steps,
@@ -49,7 +63,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     with accelerator.main_process_first():
         data = resolve_data(cfg.data)
         train_set, val_set = load_datasets(data)
-    cfg = replace(cfg, data=data)
+    cfg = replace(cfg, data=data, model=initial_model_config(cfg))
     model, task = build_supervised(cfg.architecture, cfg.model, train_set.num_classes, cfg.loss, cfg.pair)
     if cfg.pretrained is not None:
         missing, dropped = load_pretrained(model, cfg.pretrained)

@@ -83,6 +83,18 @@ def _align_prefix(state: dict[str, Any], own_keys: Any) -> dict[str, Any]:
     return max(candidates, key=lambda candidate: len(own_keys & candidate.keys()))
 
 
+def checkpoint_backbone_norm(path: Path) -> str | None:
+    """The backbone normalisation recorded in one of our checkpoints (``config`` -> ``backbone_norm``,
+    at the top for ``pretrained.pth`` or under ``model`` for a training checkpoint); None when the file
+    does not say (foreign or plain state dicts)."""
+    checkpoint = load_untrusted(path)
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if isinstance(config, dict) and isinstance(config.get("model"), dict):
+        config = config["model"]
+    norm = config.get("backbone_norm") if isinstance(config, dict) else None
+    return norm if isinstance(norm, str) else None
+
+
 def load_pretrained(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
     """Initialises ``model`` from a checkpoint non-strictly.
 

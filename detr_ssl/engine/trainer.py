@@ -56,11 +56,14 @@ class Trainer:
         optim, run: configuration.
         evaluate: called on every process with the prepared model; returns metrics (valid on main).
         checkpoint_extra: saved into every checkpoint as-is (config, class ids, ...).
+        collate_fn: batches samples for the task (padded detection batches by default; a task with
+            another sample layout, such as multi-crop views, brings its own).
     """
 
     def __init__(self, accelerator: Accelerator, model: nn.Module, task: Task, train_dataset: Dataset,
                  optim: OptimConfig, run: RunConfig, num_workers: int = 0, evaluate: Evaluate | None = None,
-                 checkpoint_extra: dict[str, Any] | None = None) -> None:
+                 checkpoint_extra: dict[str, Any] | None = None,
+                 collate_fn: Callable[[list[Any]], Any] = collate_detection) -> None:
         self.accelerator = accelerator
         self.task = task
         self.optim_cfg = optim
@@ -73,7 +76,7 @@ class Trainer:
         # A private generator: creating an iterator draws a worker seed from it, and drawing from the
         # global generator instead would shift dropout after a mid-epoch resume.
         loader = DataLoader(self.train_set, batch_size=optim.batch_size, shuffle=True, num_workers=num_workers,
-                            collate_fn=collate_detection, drop_last=False,
+                            collate_fn=collate_fn, drop_last=False,
                             generator=torch.Generator().manual_seed(run.seed))
         optimizer = build_optimizer(model, optim)
         # The schedule is stepped per epoch, once per process: it is deliberately not prepared, since

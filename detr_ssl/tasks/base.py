@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from detr_ssl.datasets.collate import Batch
+from detr_ssl.datasets.collate import Batch, collate_detection
+from detr_ssl.engine.checkpoint import atomic_torch_save
 
 if TYPE_CHECKING:
     from detr_ssl.config import PretrainConfig
     from detr_ssl.datasets import ImageFolderDataset
+
+
+PRETRAINED_FILE = "pretrained.pth"
 
 
 class LossResult(Protocol):
@@ -40,12 +46,21 @@ class PretextTask(Task):
 
     name: ClassVar[str]
 
+    #: How the training loader batches this task's samples.
+    collate_fn: ClassVar[Callable[[list[Any]], Any]] = staticmethod(collate_detection)
+
     def __init__(self, config: PretrainConfig) -> None:
         self.config = config
 
     @classmethod
+    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
+        """The preset's defaults adjusted for this task, before the command-line flags apply (so a flag
+        always wins): e.g. the batch size and epochs a backbone pretext needs on the demo."""
+        return config
+
+    @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
-        """Adapts the preset to the task's published recipe (query count, learning rate, ...)."""
+        """Enforces what the task requires whatever the flags say (e.g. DetReg's frozen backbone)."""
         return config
 
     @abstractmethod
@@ -60,3 +75,16 @@ class PretextTask(Task):
     def exported(model: nn.Module) -> nn.Module:
         """What ``pretrained.pth`` holds: the detector without the pretext-only heads."""
         return model.detector
+
+    def export(self, model: nn.Module, output_dir: Path) -> list[Path]:
+        """Writes the weights fine-tuning starts from; returns the files, ``OUTPUT/pretrained.pth`` first.
+
+        ``model`` is the unwrapped trained model. ``pretrained.pth`` holds ``{"model": state dict,
+        "task", "config": model config}``; ``scripts/finetune.py --pretrained`` loads it.
+        """
+        from detr_ssl.config import to_plain  # config imports the task registry lazily, never at import
+
+        path = Path(output_dir) / PRETRAINED_FILE
+        atomic_torch_save({"model": self.exported(model).state_dict(), "task": self.name,
+                           "config": to_plain(self.config.model)}, path)
+        return [path]

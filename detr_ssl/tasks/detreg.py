@@ -69,7 +69,8 @@ class DetRegTask(PretextTask):
 
     def build_model(self) -> DetRegModel:
         detector = build_model(self.config.model, num_classes=1)
-        self.teacher = build_teacher(self.options.teacher_checkpoint, self.options.teacher_arch,
+        self.teacher = build_teacher(self.options.teacher_checkpoint,
+                                     self.options.teacher_arch or self.config.model.backbone,
                                      self.options.teacher_stage, fallback=detector.backbone)
         return DetRegModel(detector, self.teacher.dim)
 

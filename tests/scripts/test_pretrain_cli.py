@@ -51,3 +51,43 @@ def test_two_process_pretraining_then_fine_tuning(tmp_path: Path, demo_photos: P
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "initialised from" in result.stdout and (tmp_path / "ft" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_swav_detreg_finetune_chain(tmp_path: Path, demo_photos: Path, small_coco_subset) -> None:
+    """The documented chain at tiny scale: 2-process SwAV -> DetReg with the SwAV teacher and backbone init ->
+    fine-tuning, which keeps the SwAV-initialised frozen-BN backbone it was given."""
+    import torch
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    swav = tmp_path / "swav"
+    result = subprocess.run([*launch, str(REPO / "scripts" / "pretrain.py"), "--task", "swav", "--max-steps", "2",
+                             "--batch-size", "4", "--crops.global-size", "32", "--crops.local-size", "16",
+                             "--output-dir", str(swav)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    layout = swav / "backbone_swav_layout.pth"
+    detreg = tmp_path / "detreg"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain.py"), "--task", "detreg",
+                             "--teacher-checkpoint", str(layout), "--backbone-init", str(layout), "--max-steps", "2",
+                             "--max-size", "96", "--train-scales", "96", "--output-dir", str(detreg)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no teacher checkpoint" not in result.stderr  # the SwAV file is the teacher, not the fallback
+    swav_trunk = torch.load(layout, weights_only=True)
+    detreg_model = torch.load(detreg / "pretrained.pth", weights_only=True)
+    assert detreg_model["config"]["backbone_norm"] == "frozen_bn"
+    # DetReg keeps the backbone frozen, so its export still holds the SwAV trunk exactly.
+    torch.testing.assert_close(detreg_model["model"]["backbone.body.layer1.0.conv1.weight"],
+                               swav_trunk["module.layer1.0.conv1.weight"])
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "finetune.py"), "--preset", "demo",
+                             *small_coco_subset, "--pretrained", str(detreg / "pretrained.pth"), "--epochs", "1",
+                             "--output-dir", str(tmp_path / "ft")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backbone normalisation frozen_bn" in result.stdout
+    finetuned = torch.load(tmp_path / "ft" / "checkpoint.pth", weights_only=True)["model"]
+    assert "backbone.body.bn1.running_mean" in finetuned
+    torch.testing.assert_close(finetuned["backbone.body.bn1.running_mean"], swav_trunk["module.bn1.running_mean"])

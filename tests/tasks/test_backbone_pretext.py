@@ -1,0 +1,100 @@
+"""Every backbone pretext (SwAV, DenseCL) trains the ResNet on unlabeled photos and exports it in the
+layouts the rest of the library reads: detector backbone, DetReg teacher, backbone init."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from detr_ssl.cli.pretrain import pretrain
+from detr_ssl.config import MultiCropConfig, demo_pretrain, with_backbone_init
+from detr_ssl.engine.checkpoint import load_pretrained
+from detr_ssl.models.config import model_preset
+from detr_ssl.models.deformable_detr import build_model
+from detr_ssl.models.teachers import build_teacher, load_swav_state_dict
+from detr_ssl.tasks import TASKS
+from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, BackbonePretextTask
+
+BACKBONE_TASKS = sorted(name for name, cls in TASKS.items() if issubclass(cls, BackbonePretextTask))
+
+
+def _losses(path: Path) -> list[float]:
+    with path.open() as handle:
+        return [float(row["value"]) for row in csv.DictReader(handle) if row["tag"] == "train/loss"]
+
+
+@pytest.fixture(scope="module")
+def four_photos(tmp_path_factory: pytest.TempPathFactory, demo_photos: Path) -> Path:
+    images = tmp_path_factory.mktemp("photos")
+    for photo in sorted(demo_photos.iterdir())[:8]:
+        (images / photo.name).write_bytes(photo.read_bytes())
+    return images
+
+
+def _run(task: str, images: Path, out: Path, steps: int):
+    base = TASKS[task].defaults(replace(demo_pretrain(), task=task))
+    cfg = replace(
+        base, data=replace(base.data, data=images),
+        crops=replace(base.crops, global_size=32, local_size=16, num_local=min(base.crops.num_local, 2)),
+        optim=replace(base.optim, epochs=steps, batch_size=8, lr=1e-3, lr_drop=1000),
+        run=replace(base.run, output_dir=out, log_every=1, checkpoint_every=1000),
+    )
+    return cfg, pretrain(cfg)
+
+
+@pytest.fixture(scope="module", params=BACKBONE_TASKS)
+def trained(request, four_photos: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(0)
+    cfg, exported = _run(request.param, four_photos, out, steps=30)
+    return request.param, cfg, out, exported
+
+
+def test_the_backbone_pretext_loss_decreases(trained) -> None:
+    task, _, out, _ = trained
+    losses = _losses(out / "scalars.csv")
+    assert len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.9 * first, (task, first, last)
+
+
+def test_the_swav_layout_export_is_what_the_teacher_loader_reads(trained) -> None:
+    task, cfg, out, _ = trained
+    layout = torch.load(out / SWAV_LAYOUT_FILE, weights_only=True)
+    assert all(key.startswith("module.") for key in layout)
+    assert "module.layer4.1.bn2.running_var" in layout  # BatchNorm statistics travel with the trunk
+    trunk = load_swav_state_dict(out / SWAV_LAYOUT_FILE, cfg.model.backbone)
+    torch.testing.assert_close(trunk["conv1.weight"], layout["module.conv1.weight"])
+    teacher = build_teacher(out / SWAV_LAYOUT_FILE, cfg.model.backbone, "layer4")
+    assert teacher(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_the_export_initialises_the_detector_backbone_both_ways(trained) -> None:
+    _, cfg, out, exported = trained
+    trained_trunk = load_swav_state_dict(out / SWAV_LAYOUT_FILE, cfg.model.backbone)
+    # 1. --backbone-init: the model config points at the file, normalisation becomes frozen BN.
+    for source in (exported, out / SWAV_LAYOUT_FILE):
+        model_cfg = with_backbone_init(model_preset("tiny"), source)
+        detector = build_model(model_cfg, num_classes=3)
+        state = detector.backbone.body.state_dict()
+        for key in ("conv1.weight", "layer3.0.bn1.running_mean", "layer4.1.conv2.weight"):
+            torch.testing.assert_close(state[key], trained_trunk[key])
+    # 2. --pretrained: a detector with frozen-BN backbone takes the trunk and nothing else.
+    detector = build_model(model_preset("tiny", backbone_norm="frozen_bn"), num_classes=3)
+    missing, dropped = load_pretrained(detector, exported)
+    assert not dropped
+    assert all(not key.startswith("backbone.") for key in missing)
+    torch.testing.assert_close(detector.backbone.body.state_dict()["layer2.0.bn2.running_var"],
+                               trained_trunk["layer2.0.bn2.running_var"])
+
+
+def test_a_backbone_pretext_refuses_a_single_global_crop(four_photos: Path, tmp_path: Path) -> None:
+    from detr_ssl.errors import ConfigError
+
+    cfg = replace(demo_pretrain(), task=BACKBONE_TASKS[0], crops=MultiCropConfig(num_global=1))
+    with pytest.raises(ConfigError, match="2 global crops"):
+        pretrain(cfg)
