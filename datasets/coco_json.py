@@ -157,7 +157,7 @@ def load_detections(path: str | Path, on_invalid_box: InvalidBoxPolicy = "error"
 
     if invalid and on_invalid_box == "error":
         more = f" ({len(invalid)} annotations have invalid boxes)" if len(invalid) > 1 else ""
-        raise DataError(f"{path}: {invalid[0]}{more}; fix the file or pass on_invalid_box='drop' to skip them")
+        raise DataError(f"{path}: {invalid[0]}{more}; fix the file or pass --on-invalid-box drop (on_invalid_box='drop') to skip them")
     if invalid:
         warnings.warn(
             f"{path}: skipped {len(invalid)} annotation(s) with invalid boxes, first: {invalid[0]}", stacklevel=3

@@ -46,6 +46,7 @@ __all__ = [
     "DEMO_MAX_SIZE",
     "DEMO_CROP",
     "DEMO_EVAL_SIZE",
+    "PRE_CROP_MAX_SIZE_FACTOR",
 ]
 
 Target = dict[str, Tensor]
@@ -65,6 +66,11 @@ DEMO_TRAIN_SCALES: tuple[int, ...] = (96, 104, 112, 120, 128)
 DEMO_MAX_SIZE = 213
 DEMO_CROP = (64, 96)
 DEMO_EVAL_SIZE = 128
+
+#: The resize before the crop caps the long side at this many times ``max_size``. The paper's recipe has
+#: no cap there; with one this loose only aspect ratios above ~4.4:1 (paper sizes) are affected, and an
+#: uncapped resize turned a 4000x2-pixel strip into 600x1,200,000 pixels (3.4 GB in a loader worker).
+PRE_CROP_MAX_SIZE_FACTOR = 2
 
 _IMAGE_LEVEL_KEYS = frozenset({"image_id", "orig_size", "size"})
 #: Crop remainders thinner than this (pixels) count as vanished; it only absorbs float round-off.
@@ -214,7 +220,8 @@ def make_train_transforms(
         max_size: cap on the long side.
         crop: ``(min, max)`` side of the random crop; None disables the crop branch.
         pre_crop_sizes: short-side choices of the resize before cropping. Default: ``crop[1]`` times
-            2/3, 5/6 and 1, which gives the paper's 400, 500, 600 for a 384-600 crop.
+            2/3, 5/6 and 1, which gives the paper's 400, 500, 600 for a 384-600 crop. Its long side is
+            capped at `PRE_CROP_MAX_SIZE_FACTOR` x ``max_size`` (extreme aspect ratios only).
     """
     resize = RandomResize(scales, max_size)
     if crop is None:
@@ -222,7 +229,8 @@ def make_train_transforms(
     else:
         if pre_crop_sizes is None:
             pre_crop_sizes = [round(crop[1] * f) for f in (2 / 3, 5 / 6, 1.0)]
-        resize_crop = Compose([RandomResize(pre_crop_sizes), RandomSizeCrop(*crop), RandomResize(scales, max_size)])
+        pre_crop = RandomResize(pre_crop_sizes, PRE_CROP_MAX_SIZE_FACTOR * max_size)
+        resize_crop = Compose([pre_crop, RandomSizeCrop(*crop), RandomResize(scales, max_size)])
         geometric = RandomSelect(resize, resize_crop)
     return Compose([RandomHorizontalFlip(), geometric, ToTensor(), Normalize()])
 

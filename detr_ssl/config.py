@@ -51,6 +51,9 @@ class DataConfig:
     """Shorter side of validation images."""
     num_workers: int = 2
     """Data-loading worker processes per training process."""
+    on_invalid_box: Literal["error", "drop"] = "error"
+    """An empty box or one entirely outside its image: reject the file (naming the box), or drop such
+    annotations with one warning counting them."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,9 @@ class RunConfig:
     """How many epoch checkpoints to keep besides checkpoint.pth."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (smoke tests, debugging)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss stops the run with a message naming the step and terms, or (skip) skips that batch
+    on every process; 20 non-finite batches in a row stop it anyway."""
     log_every: int = 10
     tensorboard: bool = False
     """Also write TensorBoard scalars (needs the [plots] extra)."""

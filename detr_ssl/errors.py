@@ -1,8 +1,35 @@
 """Exceptions that the command-line tools turn into one clear line instead of a traceback."""
 
 
+#: What PyTorch puts in the message of an exception it re-raises from a DataLoader worker process.
+_WORKER_MARKER = "Original Traceback"
+
+
 class DetrSslError(Exception):
-    """Base class: a problem the user can fix (bad input, bad configuration, missing file)."""
+    """Base class: a problem the user can fix (bad input, bad configuration, missing file).
+
+    The message is one line. When a DataLoader worker process raised the error, PyTorch re-raises it
+    in the main process with the worker's whole traceback folded into the message; ``str()`` still
+    gives the original one line (the full text stays available as `worker_traceback`).
+    """
+
+    @property
+    def worker_traceback(self) -> str | None:
+        """The worker's traceback when a DataLoader worker raised this error, else None."""
+        text = super().__str__()
+        return text if _WORKER_MARKER in text else None
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if _WORKER_MARKER not in text:
+            return text
+        # The traceback ends with "<module>.<ClassName>: <original message>".
+        cls = type(self)
+        prefix = f"{cls.__module__}.{cls.__qualname__}: "
+        start = text.rfind("\n" + prefix)
+        if start >= 0:
+            return text[start + 1 + len(prefix):].strip()
+        return text.strip().splitlines()[-1].split(": ", 1)[-1]
 
 
 class DataError(DetrSslError):
@@ -22,3 +49,8 @@ class ConfigError(DetrSslError):
 
 class BackendUnavailableError(DetrSslError):
     """An explicitly requested compute backend (e.g. mmcv's CUDA op) cannot be used here."""
+
+
+class NonFiniteError(DetrSslError, ValueError):
+    """A loss or the predictions it is computed from became NaN or infinite (the training loop stops or,
+    with ``--on-nonfinite skip``, skips the batch on every process)."""

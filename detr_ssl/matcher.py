@@ -13,6 +13,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from detr_ssl.box_ops import cxcywh_to_xyxy, generalized_box_iou
+from detr_ssl.errors import NonFiniteError
 from detr_ssl.losses.focal import FocalParams, focal_terms
 
 __all__ = ["HungarianMatcher", "MatchIndices"]
@@ -105,7 +106,7 @@ class HungarianMatcher(nn.Module):
         target_boxes = torch.cat([target["boxes"] for target in targets]).to(boxes.device)
         cost = self.cost_matrix(logits.flatten(0, 1), boxes.flatten(0, 1), labels, target_boxes)
         if not bool(torch.isfinite(cost).all()):
-            raise ValueError("non-finite matching cost: the predicted logits or boxes contain NaN or inf")
+            raise NonFiniteError("non-finite matching cost: the predicted logits or boxes contain NaN or inf")
         return assign_per_image(cost.view(batch, num_queries, -1).cpu(), sizes)
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from detr_ssl.box_ops import cxcywh_to_xyxy, generalized_box_iou
+from detr_ssl.errors import NonFiniteError
 from detr_ssl.losses.focal import focal_terms
 from detr_ssl.matcher import HungarianMatcher, MatchIndices, assign_per_image
 from detr_ssl.pairs import boxes_to_pairs, pairs_to_boxes
@@ -102,7 +103,7 @@ class PairHungarianMatcher(HungarianMatcher):
             return assign_per_image(torch.zeros(batch, num_queries, 0), sizes)
         # Checked on the inputs: a NaN keypoint would otherwise surface as an "invalid box" from the GIoU.
         if not bool(torch.isfinite(logits).all() & torch.isfinite(corners).all() & torch.isfinite(centers).all()):
-            raise ValueError("non-finite predictions: the logits or keypoints to match contain NaN or inf")
+            raise NonFiniteError("non-finite predictions: the logits or keypoints to match contain NaN or inf")
 
         labels = torch.cat([target["labels"] for target in targets]).to(logits.device)
         target_boxes = torch.cat([target["boxes"] for target in targets]).to(corners.device)

@@ -33,9 +33,10 @@ def resolve_data(data: DataConfig) -> DataConfig:
 
 def load_datasets(data: DataConfig) -> tuple[CocoDetection, CocoDetection]:
     train = CocoDetection(data.train_json, data.images,
-                          make_train_transforms(data.train_scales, data.max_size, data.crop))
+                          make_train_transforms(data.train_scales, data.max_size, data.crop),
+                          on_invalid_box=data.on_invalid_box)
     val = CocoDetection(data.val_json, data.val_images or data.images,
-                        make_eval_transforms(data.eval_size, data.max_size))
+                        make_eval_transforms(data.eval_size, data.max_size), on_invalid_box=data.on_invalid_box)
     if val.category_ids != train.category_ids:
         raise DataError(f"{data.val_json}: categories {val.category_ids} differ from the training "
                         f"categories {train.category_ids} in {data.train_json}")
@@ -69,6 +70,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
         missing, dropped = load_pretrained(model, cfg.pretrained)
         accelerator.print(f"initialised from {cfg.pretrained}: {len(missing)} tensors left at init, "
                           f"{len(dropped)} checkpoint tensors not used" + (f" (e.g. {dropped[:3]})" if dropped else ""))
+    accelerator.print(f"training on {len(train_set)} images, evaluating on {len(val_set)} "
+                      f"({accelerator.num_processes} processes)")
     evaluate = make_coco_evaluate(accelerator, val_set, cfg.optim.batch_size, cfg.data.num_workers, task.detect)
     trainer = Trainer(
         accelerator, model, task, train_set, cfg.optim, cfg.run, num_workers=cfg.data.num_workers,

@@ -28,7 +28,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         images = ImageFolderDataset(source, image_dir=cfg.data.image_dir)
     model = task.build_model()
     dataset = task.build_dataset(images, make_train_transforms(cfg.data.train_scales, cfg.data.max_size, crop=None))
-    accelerator.print(f"pretraining with {cfg.task} on {len(dataset)} images from {source}")
+    accelerator.print(f"pretraining with {cfg.task} on {len(dataset)} images from {source} "
+                      f"({accelerator.num_processes} processes)")
     trainer = Trainer(accelerator, model, task, dataset, cfg.optim, cfg.run, num_workers=cfg.data.num_workers,
                       checkpoint_extra={"config": to_plain(cfg), "task": cfg.task}, collate_fn=task.collate_fn)
     trainer.fit()

@@ -3,8 +3,8 @@
 Layout of a training checkpoint (``torch.save`` of a dict):
 ``model`` (state dict), ``optimizer``, ``lr_scheduler``, ``epoch`` (epochs completed), ``step``
 (optimizer steps completed), ``batch_in_epoch`` (batches of the current epoch already consumed),
-``config`` (the run's config as plain builtins), ``num_classes``, ``category_ids``, ``rng`` (see
-:mod:`detr_ssl.engine.rng`).
+``config`` (the run's config as plain builtins), ``num_classes``, ``category_ids``, ``rng`` (the main
+process's generators, see :mod:`detr_ssl.engine.rng`) and ``rng_per_process`` (every process's, by rank).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def save_training_checkpoint(state: dict[str, Any], output_dir: Path, epoch: int, keep_last: int) -> Path:
-    """Saves ``checkpoint_{epoch:04d}.pth`` and ``checkpoint.pth`` (the latest), and prunes older epoch
-    files beyond ``keep_last``."""
+    """Saves ``checkpoint_{epoch:04d}.pth`` and ``checkpoint.pth`` (the latest), prunes older epoch
+    files beyond ``keep_last`` and deletes temporary files that a run killed mid-write left behind
+    (they never count as checkpoints: their names start with a dot and end in ``.tmp``)."""
     output_dir = Path(output_dir)
     epoch_path = output_dir / f"checkpoint_{epoch:04d}.pth"
     atomic_torch_save(state, epoch_path)
@@ -41,6 +42,8 @@ def save_training_checkpoint(state: dict[str, Any], output_dir: Path, epoch: int
     epoch_files = sorted(p for p in output_dir.glob("checkpoint_*.pth") if _EPOCH_FILE.search(p.name))
     for old in epoch_files[: max(0, len(epoch_files) - keep_last)]:
         old.unlink(missing_ok=True)
+    for stale in output_dir.glob(".checkpoint*.pth.*.tmp"):  # only this process writes checkpoints here
+        stale.unlink(missing_ok=True)
     return epoch_path
 
 

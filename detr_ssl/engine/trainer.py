@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -23,14 +24,20 @@ from detr_ssl.engine.data import SeededAugmentation
 from detr_ssl.engine.logging import ScalarLogger
 from detr_ssl.engine.optim import build_optimizer, build_scheduler
 from detr_ssl.engine.rng import rng_state, set_rng_state
-from detr_ssl.errors import DetrSslError
-from detr_ssl.tasks.base import Task
+from detr_ssl.distributed import all_reduce_sum
+from detr_ssl.errors import NonFiniteError
+from detr_ssl.tasks.base import LossResult, Task
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
 
 
-class NonFiniteLossError(DetrSslError):
+class NonFiniteLossError(NonFiniteError):
     """The loss became NaN or infinite; the message names the step and the offending terms."""
+
+
+#: A run whose loss is non-finite this many batches in a row is stopped even with ``--on-nonfinite skip``:
+#: it has stopped learning, and skipping on would only hide that.
+MAX_CONSECUTIVE_SKIPS = 20
 
 
 @dataclass
@@ -43,6 +50,11 @@ class Progress:
     """Optimizer steps completed."""
     batch_in_epoch: int = 0
     """Batches of the current epoch already consumed (non-zero only for a run stopped mid-epoch)."""
+
+
+def _describe_nonfinite(loss: LossResult) -> str:
+    bad = {name: float(value) for name, value in loss.terms.items() if not torch.isfinite(value)}
+    return f"loss {float(loss.total.detach())}, non-finite terms: {bad or 'none (the sum overflowed)'}"
 
 
 class Trainer:
@@ -71,6 +83,9 @@ class Trainer:
         self.evaluate_fn = evaluate
         self.checkpoint_extra = checkpoint_extra or {}
         self.progress = Progress()
+        self.skipped_batches = 0
+        """Batches skipped for a non-finite loss in this process's lifetime (logged as train/skipped_batches)."""
+        self.consecutive_skips = 0
         self.output_dir = Path(run.output_dir)
         self.train_set = SeededAugmentation(train_dataset, run.seed)
         # A private generator: creating an iterator draws a worker seed from it, and drawing from the
@@ -98,6 +113,9 @@ class Trainer:
             "lr_scheduler": self.scheduler.state_dict(),
             **asdict(self.progress),
             "rng": rng_state(),
+            # Processes draw different amounts of randomness (dropout on differently padded batches), so
+            # each one's generators are kept: an exact resume restores every process's own state.
+            "rng_per_process": gather_object([rng_state()]),
             **self.checkpoint_extra,
         }
 
@@ -113,7 +131,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["lr_scheduler"])
         self.progress = Progress(state["epoch"], state["step"], state.get("batch_in_epoch", 0))
-        if "rng" in state:
+        per_process = state.get("rng_per_process")
+        if isinstance(per_process, list) and len(per_process) == self.accelerator.num_processes:
+            set_rng_state(per_process[self.accelerator.process_index])
+        elif "rng" in state:  # an older checkpoint, or another process count: the main process's state
             set_rng_state(state["rng"])
         self.accelerator.print(f"resumed from {path} at epoch {self.progress.epoch}, step {self.progress.step}")
 
@@ -157,8 +178,11 @@ class Trainer:
                   disable=not self.accelerator.is_local_main_process, dynamic_ncols=True) as bar:
             for batch in bar:
                 with self.accelerator.accumulate(self.model):
-                    loss = self.task.compute_loss(self.model, batch)
-                    self._check_finite(loss.total, loss.terms)
+                    loss = self._loss_or_skip(batch)
+                    if loss is None:
+                        self.optimizer.zero_grad()
+                        self.progress.batch_in_epoch += 1
+                        continue
                     self.accelerator.backward(loss.total)
                     grad_norm = None
                     if self.accelerator.sync_gradients:
@@ -177,20 +201,38 @@ class Trainer:
                     return False
         return True
 
-    def _check_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-        if torch.isfinite(total):
-            return
-        bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v)}
-        raise NonFiniteLossError(
-            f"non-finite loss {float(total)} at epoch {self.progress.epoch}, step {self.progress.step + 1}; "
-            f"non-finite terms: {bad or 'none (the sum overflowed)'}"
-        )
+    def _loss_or_skip(self, batch: Any) -> LossResult | None:
+        """The batch's loss; None when it is non-finite on any process and ``run.on_nonfinite`` is
+        'skip'. Every process learns whether any of them saw a NaN/inf, so all of them skip the same
+        batch (or all stop) and none is left waiting in a gradient all-reduce."""
+        where = f"epoch {self.progress.epoch}, step {self.progress.step + 1}"
+        try:
+            loss = self.task.compute_loss(self.model, batch)
+            problem = None if torch.isfinite(loss.total) else _describe_nonfinite(loss)
+        except NonFiniteError as exc:  # NaN/inf predictions caught by the matcher, before any loss exists
+            problem = str(exc)
+        bad_processes = int(all_reduce_sum(torch.tensor([float(problem is not None)], device=self.accelerator.device)))
+        if bad_processes == 0:
+            self.consecutive_skips = 0
+            return loss
+        problem = problem or "the loss was non-finite on another process"
+        if self.run.on_nonfinite == "stop":
+            raise NonFiniteLossError(f"non-finite loss at {where}: {problem} (--on-nonfinite skip skips such batches)")
+        self.skipped_batches += 1
+        self.consecutive_skips += 1
+        self.accelerator.print(f"skipped batch at {where}: {problem}")
+        if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+            raise NonFiniteLossError(f"non-finite loss {self.consecutive_skips} batches in a row, up to {where}: "
+                                     f"{problem}; stopping instead of skipping on")
+        return None
 
     def _log_step(self, loss, grad_norm: torch.Tensor | None) -> None:
         scalars = {"train/loss": float(self.accelerator.reduce(loss.total.detach(), "mean"))}
         scalars.update({f"train/{k}": float(v) for k, v in loss.terms.items()})
         if grad_norm is not None:
             scalars["train/grad_norm"] = float(grad_norm)
+        if self.run.on_nonfinite == "skip":
+            scalars["train/skipped_batches"] = self.skipped_batches
         for group in self.optimizer.param_groups:
             scalars[f"lr/{group.get('name', 'group')}"] = group["lr"]
         scalars["epoch"] = self.progress.epoch

@@ -29,6 +29,6 @@ def get_task(name: str) -> type[PretextTask]:
 
 
 # Registration happens on import.
-from detr_ssl.tasks import detreg, pairdetr, swav, updetr  # noqa: E402,F401
+from detr_ssl.tasks import densecl, detreg, pairdetr, swav, updetr  # noqa: E402,F401
 
 __all__ = ["TASKS", "PretextTask", "Task", "get_task", "register_task"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -23,6 +24,14 @@ PRETRAINED_FILE = "pretrained.pth"
 
 class LossResult(Protocol):
     """What a task's loss returns: the scalar to back-propagate and named terms to log."""
+
+    total: Tensor
+    terms: dict[str, Tensor]
+
+
+@dataclass
+class TermsLoss:
+    """A :class:`LossResult` for tasks without a set-loss output (the backbone pretexts)."""
 
     total: Tensor
     terms: dict[str, Tensor]
@@ -82,7 +91,9 @@ class PretextTask(Task):
         ``model`` is the unwrapped trained model. ``pretrained.pth`` holds ``{"model": state dict,
         "task", "config": model config}``; ``scripts/finetune.py --pretrained`` loads it.
         """
-        from detr_ssl.config import to_plain  # config imports the task registry lazily, never at import
+        from detr_ssl.config import (
+            to_plain,  # config imports the task registry lazily, never at import
+        )
 
         path = Path(output_dir) / PRETRAINED_FILE
         atomic_torch_save({"model": self.exported(model).state_dict(), "task": self.name,

@@ -11,7 +11,7 @@ statistics (no SyncBatchNorm, which does not run on CPU).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +22,16 @@ from detr_ssl.config import MultiCropConfig, PretrainConfig, SwavConfig
 from detr_ssl.datasets.multicrop import Views
 from detr_ssl.losses.swav import sinkhorn_knopp, swapped_prediction_loss
 from detr_ssl.tasks import register_task
-from detr_ssl.tasks.backbone_pretext import BackbonePretextTask, build_trunk, demo_backbone_defaults
+from detr_ssl.tasks.backbone_pretext import (
+    BackbonePretextTask,
+    build_trunk,
+    demo_backbone_defaults,
+)
+from detr_ssl.tasks.base import TermsLoss
 
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """Linear -> BatchNorm -> ReLU -> Linear: SwAV's (and DenseCL's global) projection head."""
+    """Linear -> BatchNorm -> ReLU -> Linear: SwAV's projection head."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
                          nn.Linear(hidden_dim, out_dim))
 
@@ -69,12 +74,6 @@ class SwavModel(nn.Module):
         return embeddings, [F.linear(embedding, weight) for embedding in embeddings]
 
 
-@dataclass
-class SwavLoss:
-    total: Tensor
-    terms: dict[str, Tensor]
-
-
 @register_task("swav")
 class SwavTask(BackbonePretextTask):
     @classmethod
@@ -96,7 +95,7 @@ class SwavTask(BackbonePretextTask):
         heads = {f"projection_head.{k}": v for k, v in model.projection_head.state_dict().items()}
         return {**heads, "prototypes.weight": model.prototypes.weight.detach()}
 
-    def compute_loss(self, model: nn.Module, batch: Views) -> SwavLoss:
+    def compute_loss(self, model: nn.Module, batch: Views) -> TermsLoss:
         swav: SwavModel = extract_model_from_parallel(model)
         swav.normalize_prototypes()
         frozen = bool(swav.batches_seen < self.options.freeze_prototypes_steps)
@@ -106,7 +105,7 @@ class SwavTask(BackbonePretextTask):
         loss = swapped_prediction_loss(scores, codes, self.options.temperature)
         if swav.training:
             swav.batches_seen += 1
-        return SwavLoss(loss, {"loss_swav": loss.detach()})
+        return TermsLoss(loss, {"loss_swav": loss.detach()})
 
     @torch.no_grad()
     def _codes(self, swav: SwavModel, view: int, embedding: Tensor, scores: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from launch import TWO_CPU_PROCESSES
 
 from detr_ssl.cli.common import run_main
 from detr_ssl.cli.finetune import main
@@ -59,11 +60,11 @@ def test_train_json_without_val_json_is_a_config_error(tmp_path: Path, capsys) -
 @pytest.mark.slow
 def test_two_process_cpu_training(tmp_path: Path, small_coco_subset) -> None:
     out = tmp_path / "out"
-    result = _run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   str(REPO / "scripts" / "finetune.py"), "--preset", "demo", *small_coco_subset,
+    result = _run([*TWO_CPU_PROCESSES, str(REPO / "scripts" / "finetune.py"), "--cpu", "--preset", "demo",
+                   *small_coco_subset,
                    "--epochs", "2", "--batch-size", "2", "--output-dir", str(out)], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "(2 processes)" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert (out / "checkpoint.pth").is_file()
@@ -78,3 +79,18 @@ def test_error_from_a_dataloader_worker_is_still_one_line(make_coco, coco_docume
     err = capsys.readouterr().err.strip()
     final = err.splitlines()[-1]  # a progress bar may have been drawn before the failure
     assert code == 2 and "Traceback" not in err and final.startswith("error: ") and "b.png" in final, err
+
+
+def test_invalid_boxes_stop_the_run_unless_dropped_on_the_command_line(make_coco, coco_document, tmp_path: Path,
+                                                                        capsys) -> None:
+    coco_document["annotations"][0]["bbox"] = [4, 6, 0, 10]  # zero width
+    files = make_coco(**coco_document)
+    flags = ["--train-json", str(files.annotation_file), "--val-json", str(files.annotation_file),
+             "--images", str(files.image_dir), "--model-size", "tiny", "--num-workers", "0", "--epochs", "1",
+             "--train-scales", "64", "--max-size", "64", "--eval-size", "64", "--crop", "None",
+             "--output-dir", str(tmp_path / "out")]
+    assert run_main(main, flags) == 2
+    assert "--on-invalid-box drop" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="1 annotation"):
+        assert run_main(main, [*flags, "--on-invalid-box", "drop"]) == 0
+    assert (tmp_path / "out" / "metrics.json").is_file()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from launch import TWO_CPU_PROCESSES
 
 from detr_ssl.cli.common import run_main
 from detr_ssl.cli.pretrain import main
@@ -37,13 +38,12 @@ def test_require_cache_without_cache_entries_fails_clearly(tmp_path: Path, demo_
 @pytest.mark.slow
 def test_two_process_pretraining_then_fine_tuning(tmp_path: Path, demo_photos: Path, small_coco_subset) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     out = tmp_path / "pre"
-    result = subprocess.run([*launch, str(REPO / "scripts" / "pretrain.py"), "--task", "updetr", "--epochs", "1",
-                             "--max-size", "96", "--train-scales", "96", "--output-dir", str(out)],
+    result = subprocess.run([*TWO_CPU_PROCESSES, str(REPO / "scripts" / "pretrain.py"), "--cpu", "--task", "updetr",
+                             "--epochs", "1", "--max-size", "96", "--train-scales", "96", "--output-dir", str(out)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "(2 processes)" in result.stdout
     assert (out / "pretrained.pth").is_file()
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "finetune.py"), "--preset", "demo",
                              *small_coco_subset, "--pretrained", str(out / "pretrained.pth"), "--epochs", "1",
@@ -60,14 +60,13 @@ def test_the_swav_detreg_finetune_chain(tmp_path: Path, demo_photos: Path, small
     import torch
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     swav = tmp_path / "swav"
-    result = subprocess.run([*launch, str(REPO / "scripts" / "pretrain.py"), "--task", "swav", "--max-steps", "2",
-                             "--batch-size", "4", "--crops.global-size", "32", "--crops.local-size", "16",
+    result = subprocess.run([*TWO_CPU_PROCESSES, str(REPO / "scripts" / "pretrain.py"), "--cpu", "--task", "swav",
+                             "--max-steps", "2", "--batch-size", "4", "--crops.global-size", "32", "--crops.local-size", "16",
                              "--output-dir", str(swav)], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "(2 processes)" in result.stdout
     layout = swav / "backbone_swav_layout.pth"
     detreg = tmp_path / "detreg"
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain.py"), "--task", "detreg",

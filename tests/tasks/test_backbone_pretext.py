@@ -39,7 +39,11 @@ def _run(task: str, images: Path, out: Path, steps: int):
     base = TASKS[task].defaults(replace(demo_pretrain(), task=task))
     cfg = replace(
         base, data=replace(base.data, data=images),
-        crops=replace(base.crops, global_size=32, local_size=16, num_local=min(base.crops.num_local, 2)),
+        # 64 px leaves ResNet-18 a 2x2 map for DenseCL's dense matching; its queue no longer than a batch
+        # makes the negatives real embeddings after the first step.
+        crops=replace(base.crops, global_size=64, local_size=32, num_local=min(base.crops.num_local, 2)),
+        densecl=replace(base.densecl, queue_length=8),
+        swav=replace(base.swav, num_prototypes=4),  # equal partition of a batch of 8 over fewer clusters
         optim=replace(base.optim, epochs=steps, batch_size=8, lr=1e-3, lr_drop=1000),
         run=replace(base.run, output_dir=out, log_every=1, checkpoint_every=1000),
     )
@@ -58,7 +62,8 @@ def test_the_backbone_pretext_loss_decreases(trained) -> None:
     task, _, out, _ = trained
     losses = _losses(out / "scalars.csv")
     assert len(losses) == 30
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    # Step 1 is left out: DenseCL's first negatives are the queue's random initial vectors.
+    first, last = sum(losses[1:6]) / 5, sum(losses[-5:]) / 5
     assert last < 0.9 * first, (task, first, last)
 
 
