@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,9 +46,15 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator, dete
 
 
 def make_coco_evaluate(accelerator: Accelerator, dataset: CocoDetection, batch_size: int,
-                       num_workers: int = 0, detect: Detect = run_detector) -> Evaluate:
+                       num_workers: int = 0, detect: Detect = run_detector,
+                       category_groups: Mapping[str, Sequence[int]] | None = None) -> Evaluate:
     """A callable ``model -> COCO box metrics`` over ``dataset`` (metrics are computed on the main
-    process; other processes get an empty dict)."""
+    process; other processes get an empty dict).
+
+    ``category_groups`` (e.g. few-shot ``{"novel": [...], "base": [...]}``, COCO category ids) adds, per
+    group, the metrics scored on that group's categories only, as ``"{group}/{metric}"``: one prediction
+    pass, one COCOeval per group.
+    """
     # Own generator: evaluating must not move the training run's global RNG.
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                             collate_fn=collate_detection, generator=torch.Generator()))
@@ -61,6 +67,9 @@ def make_coco_evaluate(accelerator: Accelerator, dataset: CocoDetection, batch_s
         unique = {d["image_id"]: d for d in detections}  # even_batches may repeat an image
         for det in unique.values():
             evaluator.update(det["image_id"], det)
-        return evaluator.compute()
+        metrics = evaluator.compute()
+        for group, cat_ids in (category_groups or {}).items():
+            metrics.update({f"{group}/{name}": value for name, value in evaluator.compute(cat_ids).items()})
+        return metrics
 
     return evaluate

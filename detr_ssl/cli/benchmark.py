@@ -1,0 +1,145 @@
+"""What the benchmark drivers (``scripts/fewshot_coco.py``, ``scripts/semisup.py``) share: how one of their
+fine-tuning runs is configured, where it starts from, and when it counts as finished.
+
+A benchmark is a sequence of ordinary `finetune` runs, each in its own folder. A run whose result file
+exists is finished and is skipped on a rerun; an unfinished one resumes from its latest checkpoint
+(``--resume auto``), so an interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import tyro
+
+from detr_ssl.config import FINETUNE_PRESETS, FinetuneConfig
+from detr_ssl.datasets.coco_json import read_json
+from detr_ssl.errors import ConfigError, DataError
+from detr_ssl.models.config import model_preset
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How every fine-tuning run of the benchmark trains; everything else follows the finetune preset."""
+
+    preset: Literal["demo", "paper"] = "paper"
+    """Fine-tuning recipe (image sizes, learning rates): 'paper' (Deformable DETR) or 'demo' (tiny images)."""
+    model_size: Literal["tiny", "r50"] = "r50"
+    """Architecture preset of the detector."""
+    batch_size: int = 2
+    """Images per process per step."""
+    num_workers: int = 2
+    """Data-loading worker processes."""
+    checkpoint_every: int = 10
+    """Checkpoint every N epochs (and after the last), so an interrupted run resumes."""
+    max_steps: int | None = None
+    """Stop every run after this many optimizer steps (smoke tests)."""
+    cpu: bool = False
+    """Force the CPU even when a GPU is present."""
+
+
+@dataclass(frozen=True)
+class Init:
+    """Where a fine-tuning run starts: a pretrained detector, a backbone only, or nothing (random)."""
+
+    name: str
+    pretrained: Path | None = None
+    """Full checkpoint, loaded non-strictly (tensors whose shape differs, e.g. the class head, dropped)."""
+    backbone: Path | None = None
+    """Backbone-only weights (finetune's --backbone-init: frozen-BN ResNet)."""
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The COCO-format files one run trains and evaluates on."""
+
+    train_json: Path
+    train_images: Path
+    val_json: Path
+    val_images: Path
+
+
+def parse_with_demo(config_cls: type[C], demo_default: Callable[[], C], argv: list[str]) -> C:
+    """Parse ``argv`` into ``config_cls``; with ``--demo`` the defaults are ``demo_default()``'s."""
+    default = demo_default() if "--demo" in argv else config_cls()
+    return tyro.cli(config_cls, default=default, args=argv)
+
+
+def check_single_process() -> None:
+    """The runs follow each other in one process, and each `finetune` ends by destroying the process group,
+    so a multi-process launch cannot work: say so instead of failing in the second run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("run the benchmark with plain `python` (one process): `accelerate launch` with several "
+                          "processes is not supported")
+
+
+def require_files(*paths: Path, hint: str) -> None:
+    """`DataError` naming the first missing path, followed by ``hint``."""
+    for path in paths:
+        if not path.exists():
+            raise DataError(f"{path}: not found; {hint}")
+
+
+def check_positive(values: tuple[int, ...], flag: str) -> None:
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"{flag} needs one or more positive integers, got {' '.join(map(str, values)) or 'none'}")
+
+
+def finetune_config(options: TrainingOptions, data: RunData, init: Init, epochs: int, lr_drop: int,
+                    output_dir: Path, seed: int | None = None) -> FinetuneConfig:
+    """The `FinetuneConfig` of one benchmark run: the preset, then the benchmark's choices.
+
+    It evaluates once, after the last epoch (``eval_every = epochs``), and resumes from ``output_dir``'s
+    latest checkpoint when there is one. ``seed`` None keeps the preset's training seed.
+    """
+    base = FINETUNE_PRESETS[options.preset]()
+    model = base.model
+    if options.model_size != base.model_size:
+        model = model_preset(options.model_size, train_backbone=base.model.train_backbone)
+    return replace(
+        base,
+        model_size=options.model_size,
+        model=model,
+        pretrained=init.pretrained,
+        backbone_init=init.backbone,
+        data=replace(base.data, train_json=data.train_json, images=data.train_images, val_json=data.val_json,
+                     val_images=data.val_images, num_workers=options.num_workers),
+        optim=replace(base.optim, epochs=epochs, lr_drop=lr_drop, batch_size=options.batch_size),
+        run=replace(base.run, output_dir=output_dir, seed=base.run.seed if seed is None else seed, resume="auto",
+                    eval_every=epochs, checkpoint_every=options.checkpoint_every, max_steps=options.max_steps,
+                    cpu=options.cpu),
+    )
+
+
+def finished(result_file: Path) -> Any | None:
+    """The content of a finished run's result file, or None when the run has not finished."""
+    return read_json(result_file) if result_file.is_file() else None
+
+
+class Progress:
+    """Prints one line when each run of a benchmark starts, is skipped, or ends (with its duration)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.index = 0
+        self.started = 0.0
+
+    def start(self, label: str) -> None:
+        self.index += 1
+        self.started = time.monotonic()
+        print(f"[{self.index}/{self.total}] {label}: running", flush=True)
+
+    def skip(self, label: str, summary: str) -> None:
+        self.index += 1
+        print(f"[{self.index}/{self.total}] {label}: finished before, skipped ({summary})", flush=True)
+
+    def done(self, label: str, summary: str) -> None:
+        minutes = (time.monotonic() - self.started) / 60
+        print(f"[{self.index}/{self.total}] {label}: done in {minutes:.1f} min ({summary})", flush=True)
