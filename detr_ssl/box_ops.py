@@ -118,7 +118,8 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise generalized IoU (Rezatofighi et al., CVPR 2019) of xyxy boxes: ``(N, 4)``, ``(M, 4)`` -> ``(N, M)``.
+    """Pairwise generalized IoU (Rezatofighi et al., CVPR 2019) of xyxy boxes: ``(N, 4)``, ``(M, 4)`` -> ``(N, M)``,
+    or per batch element: ``(B, N, 4)``, ``(B, M, 4)`` -> ``(B, N, M)``.
 
     In ``[-1, 1]``: 1 for identical boxes, below 0 for disjoint ones (the further apart, the lower),
     which gives a useful gradient where plain IoU is flat at 0.
@@ -128,7 +129,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     check_xyxy(boxes1, "boxes1")
     check_xyxy(boxes2, "boxes2")
-    return _giou(*_overlap(boxes1[:, None], boxes2[None]))
+    return _giou(*_overlap(boxes1.unsqueeze(-2), boxes2.unsqueeze(-3)))
 
 
 def elementwise_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

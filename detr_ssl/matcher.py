@@ -69,10 +69,12 @@ class HungarianMatcher(nn.Module):
             boxes: ``(N, 4)`` predicted cxcywh boxes.
             labels: ``(K,)`` int64 target classes.
             target_boxes: ``(K, 4)`` target cxcywh boxes.
+            (Or each with a leading batch dimension ``B``: one cost matrix per batch element.)
         Returns:
-            ``(N, K)`` float32 costs (lower is a better pair).
+            ``(N, K)`` (or ``(B, N, K)``) float32 costs (lower is a better pair).
         """
-        positive, negative = focal_terms(logits[:, labels], self.focal)
+        class_logits = logits.gather(-1, labels.unsqueeze(-2).expand(*logits.shape[:-1], labels.shape[-1]))
+        positive, negative = focal_terms(class_logits, self.focal)
         class_cost = positive - negative
         boxes, target_boxes = boxes.float(), target_boxes.float()
         l1_cost = torch.cdist(boxes, target_boxes, p=1)
@@ -102,12 +104,34 @@ class HungarianMatcher(nn.Module):
         if sum(sizes) == 0:
             return [(empty, empty) for _ in sizes]
 
-        labels = torch.cat([target["labels"] for target in targets]).to(logits.device)
-        target_boxes = torch.cat([target["boxes"] for target in targets]).to(boxes.device)
-        cost = self.cost_matrix(logits.flatten(0, 1), boxes.flatten(0, 1), labels, target_boxes)
-        if not bool(torch.isfinite(cost).all()):
+        # Each image's targets padded to the batch's largest count: one (B, Q, K_max) cost holds every image's
+        # own matrix, and no query is costed against another image's targets (B times less work than
+        # costing the concatenated targets). Padding is a valid box, sliced away before the assignment.
+        most = max(sizes)
+        labels = logits.new_zeros((batch, most), dtype=torch.int64)
+        target_boxes = boxes.new_full((batch, most, 4), 0.5)
+        for image, target in enumerate(targets):
+            labels[image, : sizes[image]] = target["labels"]
+            target_boxes[image, : sizes[image]] = target["boxes"]
+        cost = self.cost_matrix(logits, boxes, labels, target_boxes)
+        valid = torch.arange(most, device=cost.device) < torch.tensor(sizes, device=cost.device)[:, None]
+        if not bool(torch.isfinite(cost).all(dim=1)[valid].all()):
             raise NonFiniteError("non-finite matching cost: the predicted logits or boxes contain NaN or inf")
-        return assign_per_image(cost.view(batch, num_queries, -1).cpu(), sizes)
+        return assign_padded(cost.cpu(), sizes)
+
+
+def assign_padded(cost: Tensor, sizes: list[int]) -> MatchIndices:
+    """Per-image optimal assignment from padded costs ``(B, Q, K_max)``: image ``i`` uses ``[:, :sizes[i]]``."""
+    return [_assign(cost[image, :, :size]) for image, size in enumerate(sizes)]
+
+
+def _assign(cost: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Q, K)`` CPU cost -> (query indices, target indices), sorted by query; empty when ``K == 0``."""
+    if cost.shape[-1] == 0:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty
+    query_idx, target_idx = linear_sum_assignment(cost.numpy())
+    return torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(target_idx, dtype=torch.int64)
 
 
 def assign_per_image(cost: Tensor, sizes: list[int]) -> MatchIndices:
@@ -120,13 +144,4 @@ def assign_per_image(cost: Tensor, sizes: list[int]) -> MatchIndices:
     Returns:
         per image ``(query_idx, target_idx)``, int64, sorted by query index; empty for images without targets.
     """
-    empty = torch.empty(0, dtype=torch.int64)
-    matches: MatchIndices = []
-    for image, image_cost in enumerate(cost.split(sizes, dim=-1)):
-        if sizes[image] == 0:
-            matches.append((empty, empty))
-            continue
-        query_idx, target_idx = linear_sum_assignment(image_cost[image].numpy())
-        matches.append((torch.as_tensor(query_idx, dtype=torch.int64),
-                        torch.as_tensor(target_idx, dtype=torch.int64)))
-    return matches
+    return [_assign(image_cost[image]) for image, image_cost in enumerate(cost.split(sizes, dim=-1))]
