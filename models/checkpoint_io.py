@@ -34,7 +34,11 @@ def load_untrusted(path: Path) -> Any:
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a file holding either the dict itself or a checkpoint with a ``model`` /
     ``state_dict`` entry."""
-    obj = load_untrusted(path)
+    return state_dict_of(load_untrusted(path), path)
+
+
+def state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside an already loaded file ``path`` (see :func:`load_state_dict_file`)."""
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 from accelerate.utils import set_seed
 
@@ -15,6 +16,7 @@ from detr_ssl.engine.evaluate import make_coco_evaluate
 from detr_ssl.engine.trainer import Trainer
 from detr_ssl.errors import ConfigError, DataError
 from detr_ssl.evaluation import write_metrics_json
+from detr_ssl.models.checkpoint_io import load_untrusted
 from detr_ssl.models.config import ModelConfig
 from detr_ssl.tasks.supervised import build_supervised
 
@@ -43,13 +45,13 @@ def load_datasets(data: DataConfig) -> tuple[CocoDetection, CocoDetection]:
     return train, val
 
 
-def initial_model_config(cfg: FinetuneConfig) -> ModelConfig:
+def initial_model_config(cfg: FinetuneConfig, pretrained: Any = None) -> ModelConfig:
     """The model config with the initialisation's consequences: backbone weights from --backbone-init,
-    and the backbone normalisation a --pretrained checkpoint was trained with (loading frozen-BN
+    and the backbone normalisation the loaded --pretrained checkpoint was trained with (loading frozen-BN
     statistics into GroupNorm layers, or the reverse, would silently compute something else)."""
     model = with_backbone_init(cfg.model, cfg.backbone_init)
-    if cfg.pretrained is not None:
-        norm = checkpoint_backbone_norm(cfg.pretrained)
+    if pretrained is not None:
+        norm = checkpoint_backbone_norm(pretrained)
         if norm is not None and norm != model.backbone_norm:
             print(f"{cfg.pretrained}: backbone normalisation {norm} (as pretrained) instead of {model.backbone_norm}")
             model = replace(model, backbone_norm=norm)
@@ -64,10 +66,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     with accelerator.main_process_first():
         data = resolve_data(cfg.data)
         train_set, val_set = load_datasets(data)
-    cfg = replace(cfg, data=data, model=initial_model_config(cfg))
+    # Read once: it decides the backbone normalisation and then provides the weights.
+    pretrained = load_untrusted(cfg.pretrained) if cfg.pretrained is not None else None
+    cfg = replace(cfg, data=data, model=initial_model_config(cfg, pretrained))
     model, task = build_supervised(cfg.architecture, cfg.model, train_set.num_classes, cfg.loss, cfg.pair)
     if cfg.pretrained is not None:
-        missing, dropped = load_pretrained(model, cfg.pretrained)
+        missing, dropped = load_pretrained(model, cfg.pretrained, pretrained)
         accelerator.print(f"initialised from {cfg.pretrained}: {len(missing)} tensors left at init, "
                           f"{len(dropped)} checkpoint tensors not used" + (f" (e.g. {dropped[:3]})" if dropped else ""))
     accelerator.print(f"training on {len(train_set)} images, evaluating on {len(val_set)} "

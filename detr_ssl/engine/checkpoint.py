@@ -18,7 +18,7 @@ from torch import nn
 
 from detr_ssl.atomic_io import atomic_write
 from detr_ssl.errors import CheckpointError
-from detr_ssl.models.checkpoint_io import load_state_dict_file, load_untrusted
+from detr_ssl.models.checkpoint_io import load_state_dict_file, load_untrusted, state_dict_of
 from detr_ssl.models.foreign_checkpoints import convert_foreign_state_dict, is_foreign_layout
 
 LATEST = "checkpoint.pth"
@@ -86,11 +86,10 @@ def _align_prefix(state: dict[str, Any], own_keys: Any) -> dict[str, Any]:
     return max(candidates, key=lambda candidate: len(own_keys & candidate.keys()))
 
 
-def checkpoint_backbone_norm(path: Path) -> str | None:
-    """The backbone normalisation recorded in one of our checkpoints (``config`` -> ``backbone_norm``,
+def checkpoint_backbone_norm(checkpoint: Any) -> str | None:
+    """The backbone normalisation recorded in one of our loaded checkpoints (``config`` -> ``backbone_norm``,
     at the top for ``pretrained.pth`` or under ``model`` for a training checkpoint); None when the file
     does not say (foreign or plain state dicts)."""
-    checkpoint = load_untrusted(path)
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if isinstance(config, dict) and isinstance(config.get("model"), dict):
         config = config["model"]
@@ -98,7 +97,7 @@ def checkpoint_backbone_norm(path: Path) -> str | None:
     return norm if isinstance(norm, str) else None
 
 
-def load_pretrained(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
+def load_pretrained(model: nn.Module, path: Path, checkpoint: Any = None) -> tuple[list[str], list[str]]:
     """Initialises ``model`` from a checkpoint non-strictly.
 
     Accepts our checkpoints (training or ``pretrained.pth``) and the original Deformable DETR / DetReg /
@@ -107,7 +106,7 @@ def load_pretrained(model: nn.Module, path: Path) -> tuple[list[str], list[str]]
     model lacks. Returns (missing keys, dropped keys) for reporting; a key that is another name of a
     loaded tensor (a shared head) is not missing.
     """
-    state = load_state_dict_file(path)
+    state = load_state_dict_file(path) if checkpoint is None else state_dict_of(checkpoint, path)
     if is_foreign_layout(state):
         state = convert_foreign_state_dict(state)
     own = model.state_dict(keep_vars=True)
