@@ -124,6 +124,10 @@ class RunConfig:
     """Overrides `accelerate launch --mixed_precision`."""
     cpu: bool = False
     """Force the CPU even when a GPU is present."""
+    compile: bool = False
+    """Compile the model with torch.compile (Inductor). Opt-in: every new image size costs compilation
+    (minutes on a CPU), and on 2 CPU cores a compiled training step measured slower than eager (0.7-0.8x,
+    scripts/bench_compile.py); measure before using it on other hardware."""
 
 
 @dataclass(frozen=True)

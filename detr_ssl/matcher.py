@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from detr_ssl.box_ops import cxcywh_to_xyxy, generalized_box_iou
 from detr_ssl.errors import NonFiniteError
@@ -30,9 +31,9 @@ class HungarianMatcher(nn.Module):
         cost_class * (focal_pos(q, c_k) - focal_neg(q, c_k)) + cost_bbox * |box_q - b_k|_1
             - cost_giou * GIoU(box_q, b_k)
 
-    The cost matrix is built once for all targets of the batch (one gather, one ``cdist``, one GIoU), then
-    split per image for ``scipy.optimize.linear_sum_assignment``: pairing queries of image ``i`` with
-    targets of image ``j`` is computed but never used, which is far cheaper than ``B`` small launches.
+    The costs of all images are built at once as a ``(B, Q, K_max)`` batch (each image's targets padded to
+    the batch's largest count; one gather, one ``cdist``, one GIoU), then each image's ``(Q, K_i)`` block
+    goes to ``scipy.optimize.linear_sum_assignment``.
 
     Args:
         cost_class, cost_bbox, cost_giou: weights of the three costs (the loss weights, by default).
@@ -73,8 +74,7 @@ class HungarianMatcher(nn.Module):
         Returns:
             ``(N, K)`` (or ``(B, N, K)``) float32 costs (lower is a better pair).
         """
-        class_logits = logits.gather(-1, labels.unsqueeze(-2).expand(*logits.shape[:-1], labels.shape[-1]))
-        positive, negative = focal_terms(class_logits, self.focal)
+        positive, negative = focal_terms(class_logits(logits, labels), self.focal)
         class_cost = positive - negative
         boxes, target_boxes = boxes.float(), target_boxes.float()
         l1_cost = torch.cdist(boxes, target_boxes, p=1)
@@ -95,53 +95,50 @@ class HungarianMatcher(nn.Module):
         Raises:
             ValueError: mismatched shapes, invalid boxes, or a non-finite cost (NaN/inf predictions).
         """
+        logits, boxes = logits.float(), boxes.float()  # autocast outputs: costs (and padded targets) in float32
         batch, num_queries, _ = logits.shape
         if boxes.shape[:2] != (batch, num_queries) or len(targets) != batch:
             raise ValueError(f"logits {tuple(logits.shape)}, boxes {tuple(boxes.shape)} and {len(targets)} "
                              "targets do not describe the same batch")
         sizes = [len(target["boxes"]) for target in targets]
-        empty = torch.empty(0, dtype=torch.int64)
         if sum(sizes) == 0:
-            return [(empty, empty) for _ in sizes]
+            return assign_padded(logits.new_zeros(batch, num_queries, 0), sizes)
+        labels, target_boxes = padded_targets(targets, boxes)
+        return assign_padded(self.cost_matrix(logits, boxes, labels, target_boxes).cpu(), sizes)
 
-        # Each image's targets padded to the batch's largest count: one (B, Q, K_max) cost holds every image's
-        # own matrix, and no query is costed against another image's targets (B times less work than
-        # costing the concatenated targets). Padding is a valid box, sliced away before the assignment.
-        most = max(sizes)
-        labels = logits.new_zeros((batch, most), dtype=torch.int64)
-        target_boxes = boxes.new_full((batch, most, 4), 0.5)
-        for image, target in enumerate(targets):
-            labels[image, : sizes[image]] = target["labels"]
-            target_boxes[image, : sizes[image]] = target["boxes"]
-        cost = self.cost_matrix(logits, boxes, labels, target_boxes)
-        valid = torch.arange(most, device=cost.device) < torch.tensor(sizes, device=cost.device)[:, None]
-        if not bool(torch.isfinite(cost).all(dim=1)[valid].all()):
-            raise NonFiniteError("non-finite matching cost: the predicted logits or boxes contain NaN or inf")
-        return assign_padded(cost.cpu(), sizes)
+
+def class_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """Each query's logit for each target's class: ``(..., N, C)``, ``(..., K)`` -> ``(..., N, K)``."""
+    return logits.gather(-1, labels.unsqueeze(-2).expand(*logits.shape[:-1], labels.shape[-1]))
+
+
+def padded_targets(targets: list[dict[str, Tensor]], like: Tensor) -> tuple[Tensor, Tensor]:
+    """Each image's labels ``(B, K_max)`` and cxcywh boxes ``(B, K_max, 4)`` (dtype and device of ``like``),
+    padded to the batch's largest count.
+
+    One ``(B, Q, K_max)`` cost then holds every image's own matrix, and no query is costed against another
+    image's targets (B times less work than costing the concatenated targets). The padding is a valid box
+    and class 0, so its costs are finite; :func:`assign_padded` slices it away.
+    """
+    labels = pad_sequence([target["labels"] for target in targets], batch_first=True)
+    boxes = pad_sequence([target["boxes"].to(like) for target in targets], batch_first=True, padding_value=0.5)
+    return labels.to(like.device), boxes
 
 
 def assign_padded(cost: Tensor, sizes: list[int]) -> MatchIndices:
-    """Per-image optimal assignment from padded costs ``(B, Q, K_max)``: image ``i`` uses ``[:, :sizes[i]]``."""
-    return [_assign(cost[image, :, :size]) for image, size in enumerate(sizes)]
+    """Per-image optimal assignment from padded CPU costs ``(B, Q, K_max)``: image ``i`` uses ``[:, :sizes[i]]``.
 
-
-def _assign(cost: Tensor) -> tuple[Tensor, Tensor]:
-    """``(Q, K)`` CPU cost -> (query indices, target indices), sorted by query; empty when ``K == 0``."""
-    if cost.shape[-1] == 0:
-        empty = torch.empty(0, dtype=torch.int64)
-        return empty, empty
-    query_idx, target_idx = linear_sum_assignment(cost.numpy())
-    return torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(target_idx, dtype=torch.int64)
-
-
-def assign_per_image(cost: Tensor, sizes: list[int]) -> MatchIndices:
-    """Per-image optimal assignment from a batched cost.
-
-    Args:
-        cost: ``(B, Q, sum(sizes))`` CPU costs of every query of every image against every target of the
-            batch, targets concatenated image by image (pairing across images is computed, never used).
-        sizes: ``K_i``, the number of targets of each image.
-    Returns:
-        per image ``(query_idx, target_idx)``, int64, sorted by query index; empty for images without targets.
+    Returns per image (query indices, target indices), int64, sorted by query; empty when ``K_i == 0``.
+    Raises NonFiniteError on NaN or -inf costs (scipy rejects them, so checking up front costs nothing).
     """
-    return [_assign(image_cost[image]) for image, image_cost in enumerate(cost.split(sizes, dim=-1))]
+    matches = []
+    for image, size in enumerate(sizes):
+        if size == 0:
+            matches.append((torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)))
+            continue
+        try:
+            query_idx, target_idx = linear_sum_assignment(cost[image, :, :size].numpy())
+        except ValueError as exc:
+            raise NonFiniteError("non-finite matching cost: the predicted logits or boxes contain NaN or inf") from exc
+        matches.append((torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(target_idx, dtype=torch.int64)))
+    return matches

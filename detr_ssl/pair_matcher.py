@@ -14,7 +14,7 @@ from torch import Tensor
 from detr_ssl.box_ops import cxcywh_to_xyxy, generalized_box_iou
 from detr_ssl.errors import NonFiniteError
 from detr_ssl.losses.focal import focal_terms
-from detr_ssl.matcher import HungarianMatcher, MatchIndices, assign_per_image
+from detr_ssl.matcher import HungarianMatcher, MatchIndices, assign_padded, class_logits, padded_targets
 from detr_ssl.pairs import boxes_to_pairs, pairs_to_boxes
 
 __all__ = ["PairHungarianMatcher"]
@@ -30,8 +30,8 @@ class PairHungarianMatcher(HungarianMatcher):
             + cost_point * (|a_q - a_k|_1 + |m_q - m_k|_1)
             - cost_giou * GIoU(pairs_to_boxes(a_q, m_q), b_k)
 
-    As in :class:`~detr_ssl.matcher.HungarianMatcher`, the matrix is computed once for every target of the
-    batch against every pair, then split per image for ``scipy.optimize.linear_sum_assignment``.
+    As in :class:`~detr_ssl.matcher.HungarianMatcher`, the costs of all images are one ``(B, Q, K_max)``
+    batch (targets padded per image), each image's block assigned by ``scipy.optimize.linear_sum_assignment``.
 
     Args:
         cost_class, cost_point, cost_giou: weights of the three costs (the loss weights, by default).
@@ -65,10 +65,11 @@ class PairHungarianMatcher(HungarianMatcher):
             centers: ``(N, 2)`` predicted centers.
             labels: ``(K,)`` int64 target classes.
             target_boxes: ``(K, 4)`` target cxcywh boxes.
+            (Or each with a leading batch dimension ``B``: one cost matrix per batch element.)
         Returns:
-            ``(N, K)`` float32 costs (lower is a better pair).
+            ``(N, K)`` (or ``(B, N, K)``) float32 costs (lower is a better pair).
         """
-        positive, negative = focal_terms(logits[:, labels], self.focal)
+        positive, negative = focal_terms(class_logits(logits, labels), self.focal)
         class_cost = positive - negative
         corners, centers, target_boxes = corners.float(), centers.float(), target_boxes.float()
         target_corners, target_centers = boxes_to_pairs(target_boxes)
@@ -100,14 +101,11 @@ class PairHungarianMatcher(HungarianMatcher):
                              f"{tuple(centers.shape)} and {len(targets)} targets do not describe the same batch")
         sizes = [len(target["boxes"]) for target in targets]
         if sum(sizes) == 0:
-            return assign_per_image(torch.zeros(batch, num_queries, 0), sizes)
+            return assign_padded(logits.new_zeros(batch, num_queries, 0), sizes)
         # Checked on the inputs: a NaN keypoint would otherwise surface as an "invalid box" from the GIoU.
         if not bool(torch.isfinite(logits).all() & torch.isfinite(corners).all() & torch.isfinite(centers).all()):
             raise NonFiniteError("non-finite predictions: the logits or keypoints to match contain NaN or inf")
 
-        labels = torch.cat([target["labels"] for target in targets]).to(logits.device)
-        target_boxes = torch.cat([target["boxes"] for target in targets]).to(corners.device)
-        cost = self.cost_matrix(logits.flatten(0, 1), corners.flatten(0, 1), centers.flatten(0, 1), labels,
-                                target_boxes)
-        return assign_per_image(cost.view(batch, num_queries, -1).cpu(), sizes)
+        labels, target_boxes = padded_targets(targets, corners.float())
+        return assign_padded(self.cost_matrix(logits, corners, centers, labels, target_boxes).cpu(), sizes)
 

@@ -37,6 +37,7 @@ class Backbone(nn.Module):
         norm: normalisation layer, see :func:`_norm_layer`.
         num_levels: how many stages to return, the deepest last.
         trainable: False freezes every parameter (UP-DETR / DetReg pretraining keep it frozen).
+        frozen_stages: with ``trainable``, the stem and this many first stages stay frozen (the paper: 1).
         weights: optional local state dict (timm/torchvision layout, ``module.`` prefixes allowed).
     """
 
@@ -47,6 +48,7 @@ class Backbone(nn.Module):
         num_levels: int = 3,
         trainable: bool = True,
         weights: Path | None = None,
+        frozen_stages: int = 0,
     ) -> None:
         super().__init__()
         if not 1 <= num_levels <= 4:
@@ -66,6 +68,11 @@ class Backbone(nn.Module):
             load_backbone_weights(self, weights)
         if not trainable:
             self.requires_grad_(False)
+        elif frozen_stages > 0:
+            frozen = ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, frozen_stages + 1))
+            for name, param in self.body.named_parameters():
+                if name.startswith(frozen):
+                    param.requires_grad_(False)
 
     def forward(self, images: Tensor, mask: Tensor) -> list[tuple[Tensor, Tensor]]:
         """images ``(B, 3, H, W)``, mask ``(B, H, W)`` -> per level (features ``(B, C_l, H_l, W_l)``, mask)."""

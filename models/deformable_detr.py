@@ -79,7 +79,8 @@ class DeformableDETR(nn.Module):
         d = config.hidden_dim
         backbone_levels = min(3, config.num_feature_levels)
         self.backbone = Backbone(config.backbone, config.backbone_norm, backbone_levels,
-                                 trainable=config.train_backbone, weights=config.backbone_weights)
+                                 trainable=config.train_backbone, weights=config.backbone_weights,
+                                 frozen_stages=config.backbone_frozen_stages)
         channels = self.backbone.channels
         projections = [_projection(c, d, stride=1) for c in channels]
         extra_in = channels[-1]
@@ -92,7 +93,7 @@ class DeformableDETR(nn.Module):
 
         enc_layer = EncoderLayer(d, config.ffn_dim, config.dropout, config.num_feature_levels,
                                  config.num_heads, config.enc_points, config.msda_backend)
-        self.encoder = DeformableEncoder(enc_layer, config.enc_layers)
+        self.encoder = DeformableEncoder(enc_layer, config.enc_layers, checkpointing=config.encoder_checkpointing)
 
         # Per-layer heads when boxes are refined layer by layer; one extra pair scores two-stage proposals.
         per_layer = config.with_box_refine or config.two_stage

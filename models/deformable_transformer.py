@@ -11,6 +11,7 @@ import copy
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from detr_ssl.models.msda import MSDeformAttn
 
@@ -54,9 +55,18 @@ class EncoderLayer(nn.Module):
 
 
 class DeformableEncoder(nn.Module):
-    def __init__(self, layer: EncoderLayer, num_layers: int) -> None:
+    """``num_layers`` copies of ``layer``.
+
+    With ``checkpointing`` (activation checkpointing), training keeps only each layer's input: its
+    activations are recomputed during the backward pass (``torch.utils.checkpoint``, non-reentrant, the
+    dropout masks replayed), trading one more encoder forward for the memory of the encoder's
+    activations, a large part of the detector's since every pixel of every level is a query.
+    """
+
+    def __init__(self, layer: EncoderLayer, num_layers: int, checkpointing: bool = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.checkpointing = checkpointing
 
     @staticmethod
     def reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
@@ -77,8 +87,10 @@ class DeformableEncoder(nn.Module):
                 valid_ratios: Tensor, padding_mask: Tensor) -> Tensor:
         """src, pos ``(B, S, D)`` -> memory ``(B, S, D)``."""
         reference_points = self.reference_points(spatial_shapes, valid_ratios)
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            inputs = (src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            src = checkpoint(layer, *inputs, use_reentrant=False) if recompute else layer(*inputs)
         return src
 
 

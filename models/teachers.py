@@ -41,7 +41,8 @@ class FrozenEncoder(nn.Module):
     Frozen for good: no parameter requires a gradient, ``train()`` keeps it in eval mode (normalisation
     uses the checkpoint's statistics) and the forward runs without autograd, so the targets it produces
     are constants of the pretext loss. Being frozen, its FrozenBatchNorm2d layers are folded into their
-    convolutions at construction (see :func:`_fold_frozen_batchnorm`): the same function, fewer passes.
+    convolutions at construction (see :func:`_fold_frozen_batchnorm`): the same function, fewer passes;
+    and it runs in the channels-last memory format, which the convolutions are faster in.
 
     Args:
         trunk: a timm ``features_only`` ResNet (a ``FeatureListNet``) returning a list of maps; taken over
@@ -61,6 +62,10 @@ class FrozenEncoder(nn.Module):
         self.dim: int = int(trunk.feature_info.channels()[self._level])
         self.train(False)
         _fold_frozen_batchnorm(trunk)
+        # Channels-last weights and activations: oneDNN's CPU convolutions run faster on them. The teacher
+        # forward of a DetReg step (120 crops of 128 px) measured 1.2-1.35x faster for ResNet-18 and 1.6-1.8x
+        # for ResNet-50 on 2 threads (1.2x for both on 1 thread); outputs differ by float32 rounding only.
+        trunk.to(memory_format=torch.channels_last)
         for param in self.parameters():
             param.requires_grad_(False)
             param.grad = None
@@ -72,7 +77,8 @@ class FrozenEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, crops: Tensor) -> Tensor:
         """``(N, 3, S, S)`` normalised crops -> ``(N, dim)`` embeddings (``N`` may be 0)."""
-        return self.trunk(crops)[self._level].mean(dim=(-2, -1))
+        features = self.trunk(crops.contiguous(memory_format=torch.channels_last))[self._level]
+        return features.mean(dim=(-2, -1))
 
 
 def _fold_frozen_batchnorm(module: nn.Module) -> None:

@@ -15,12 +15,8 @@ What is measured, and how:
   ``fwd+bwd`` also back-propagates a fixed random output gradient to value, locations and weights. The
   methods are interleaved run by run, so background load on a shared machine hits all of them alike.
 - Peak memory on CPU: the extra resident memory one call needs at its worst moment, measured in a fresh
-  subprocess per (case, method, mode), so that no earlier run has left freed pages or a high-water mark
-  behind. After building the inputs and running a tiny op (so OpenMP threads exist), the child returns
-  free heap pages to the OS (``malloc_trim``), resets the kernel's resident-set high-water mark (writing 5
-  to ``/proc/self/clear_refs``) and reads its resident set as the baseline; after the call, ``VmHWM``
-  minus that baseline is the peak. It covers everything the call allocates: intermediates, tensors saved
-  for backward, the output, the gradients, allocator slack. (Linux only; elsewhere the column reads n/a.)
+  subprocess per (case, method, mode) by :func:`detr_ssl.benchmarking.peak_rss_in_fresh_process`
+  (Linux only; elsewhere the column reads n/a).
 - Background load: the share of the machine's CPU time used by *other* processes while a case was timed
   (from ``/proc/stat`` minus this process's CPU time). On a shared machine many small parallel ops suffer
   more than a few big ones (each waits for a descheduled thread), so read ratios taken under load with care.
@@ -32,23 +28,18 @@ Example: ``python scripts/bench_msda.py --threads 2`` (about a minute on 2 cores
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
-import os
-import multiprocessing
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-
 from detr_ssl.models.msda import ms_deform_attn_reference, multi_scale_deformable_attention
 from detr_ssl.models.msda.mmcv_backend import mmcv_unavailable_reason
+
+from detr_ssl.benchmarking import peak_rss_in_fresh_process, time_interleaved, write_json
 
 BATCH, HEADS, CHANNELS, POINTS = 2, 8, 32, 4
 OFFSET_PIXELS = 2.0
@@ -120,78 +111,9 @@ def make_call(op: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
     return forward_backward
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _machine_cpu_seconds() -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat; None off Linux."""
-    try:
-        with open("/proc/stat") as stat:
-            ticks = [int(field) for field in stat.readline().split()[1:]]
-    except OSError:
-        return None
-    hertz = os.sysconf("SC_CLK_TCK")
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return (sum(ticks) - idle) / hertz, sum(ticks) / hertz
-
-
-def time_methods(calls: dict[str, Callable[[], None]], device: torch.device, warmup: int,
-                 repeats: int) -> tuple[dict[str, list[float]], float | None]:
-    """Milliseconds per run for each method, interleaved run by run; and the background load meanwhile."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    machine_before, own_before = _machine_cpu_seconds(), time.process_time()
-    for _ in range(repeats):
-        for name, call in calls.items():
-            _sync(device)
-            start = time.perf_counter()
-            call()
-            _sync(device)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    machine_after, own_after = _machine_cpu_seconds(), time.process_time()
-    if machine_before is None or machine_after is None:
-        return times, None
-    others = (machine_after[0] - machine_before[0]) - (own_after - own_before)
-    return times, max(0.0, others) / max(machine_after[1] - machine_before[1], 1e-9)
-
-
-def _status_mb(field: str) -> float:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
-def _cpu_peak_child(case: str, method: str, mode: str, seed: int, threads: int) -> float | None:
-    """Runs in a fresh process: extra peak resident MiB of one call (see module docstring)."""
-    torch.set_num_threads(threads)
+def _peak_setup(case: str, method: str, mode: str, seed: int) -> Callable[[], None]:
     device = torch.device("cpu")
-    call = make_call(methods(device)[method], make_inputs(case, device, seed), mode)
-    torch.ones(1 << 20).mul_(2)  # start the thread pool before the baseline
-    ctypes.CDLL(None).malloc_trim(0)
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # reset VmHWM to the current resident set
-    except OSError:
-        return None
-    baseline = _status_mb("VmRSS")
-    call()
-    return _status_mb("VmHWM") - baseline
-
-
-def cpu_peak_mb(case: str, method: str, mode: str, seed: int, threads: int) -> float | None:
-    """Extra peak resident memory (MiB) of one call, measured in a fresh process; None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_cpu_peak_child, case, method, mode, seed, threads).result()
+    return make_call(methods(device)[method], make_inputs(case, device, seed), mode)
 
 
 def cuda_peak_mb(call: Callable[[], None], device: torch.device) -> float:
@@ -228,14 +150,14 @@ def run(cases: list[str], device: torch.device, warmup: int, repeats: int, memor
         inputs = make_inputs(case, device, seed)
         for mode in MODES:
             calls = {name: make_call(op, inputs, mode) for name, op in methods(device).items()}
-            times, load = time_methods(calls, device, warmup, repeats)
+            times, load = time_interleaved(calls, warmup, repeats, device)
             for name in calls:
                 if not memory:
                     peak = None
                 elif device.type == "cuda":
                     peak = cuda_peak_mb(calls[name], device)
                 else:
-                    peak = cpu_peak_mb(case, name, mode, seed, torch.get_num_threads())
+                    peak = peak_rss_in_fresh_process(_peak_setup, case, name, mode, seed)
                 results.append(Result(case, inputs[3].shape[1], mode, name, statistics.median(times[name]),
                                       times[name], peak, load))
             reference = results[-len(calls)]
@@ -299,10 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "warmup": args.warmup,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"environment": environment, "results": [asdict(r) for r in results]},
-                                      indent=2))
-    print(f"wrote {args.output}")
+    write_json(args.output, {"environment": environment, "results": [asdict(r) for r in results]})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ is the table. Finished runs are skipped on a rerun and unfinished ones resume fr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,18 +35,15 @@ from detr_ssl.cli.benchmark import (
     parse_with_demo,
     require_files,
 )
-from detr_ssl.cli.common import make_accelerator, run_main
+from detr_ssl.cli.common import run_main
 from detr_ssl.cli.finetune import finetune
 from detr_ssl.config import FinetuneConfig, to_plain
-from detr_ssl.datasets import CocoDetection, demo_detection_dataset, make_eval_transforms
+from detr_ssl.datasets import demo_detection_dataset
 from detr_ssl.datasets.coco_json import read_json
-from detr_ssl.engine.checkpoint import LATEST, load_training_checkpoint
-from detr_ssl.engine.evaluate import make_coco_evaluate
+from detr_ssl.engine.checkpoint import LATEST
 from detr_ssl.errors import ConfigError, DataError
-from detr_ssl.models.config import ModelConfig
 from detr_ssl.protocols import base_training_set, kshot_document, sample_k_shot, split_categories, write_selection_json
 from detr_ssl.protocols.report import aggregate, field_column, markdown_table, metric_column, write_report
-from detr_ssl.tasks.supervised import build_supervised
 
 BASE_DIR = "base_training"
 METRICS_FILE = "metrics.json"
@@ -131,25 +128,6 @@ def nest_metrics(flat: Mapping[str, float]) -> dict[str, dict[str, float]]:
     return nested
 
 
-def evaluate_checkpoint(cfg: FinetuneConfig, checkpoint: Path, groups: Mapping[str, Sequence[int]]
-                        ) -> dict[str, dict[str, float]]:
-    """COCO metrics of a finished run's model on ``cfg``'s val set: all categories and each group.
-
-    The model is rebuilt from the configuration stored in the checkpoint, so it is exactly the one trained.
-    """
-    state = load_training_checkpoint(checkpoint)
-    saved = state["config"]
-    model_cfg = replace(ModelConfig(**saved["model"]), backbone_weights=None)  # the checkpoint has every weight
-    model, task = build_supervised(saved["architecture"], model_cfg, state["num_classes"], cfg.loss, cfg.pair)
-    model.load_state_dict(state["model"])
-    accelerator = make_accelerator(cfg.run)
-    val_set = CocoDetection(cfg.data.val_json, cfg.data.val_images,
-                            make_eval_transforms(cfg.data.eval_size, cfg.data.max_size))
-    evaluate = make_coco_evaluate(accelerator, val_set, cfg.optim.batch_size, cfg.data.num_workers, task.detect,
-                                  category_groups=groups)
-    return nest_metrics(evaluate(accelerator.prepare(model)))
-
-
 class FewShotBenchmark:
     """Runs the benchmark of one `FewShotConfig`; every step writes into ``cfg.output_dir``."""
 
@@ -202,9 +180,9 @@ class FewShotBenchmark:
         init = Init("stage1", pretrained=self.out / BASE_DIR / LATEST)
         cfg = self._config(replace(self.files, train_json=train_json), init, self.cfg.fewshot_epochs,
                            self.cfg.fewshot_lr_drop, run_dir, seed)
-        if not (run_dir / METRICS_FILE).is_file():  # trained before, interrupted while scoring: score only
-            finetune(cfg)
-        metrics = evaluate_checkpoint(cfg, run_dir / LATEST, self.groups)
+        # One prediction pass scores all, novel and base categories. A run trained before but interrupted
+        # while scoring resumes at its last epoch, so it is only scored.
+        metrics = nest_metrics(finetune(cfg, self.groups))
         atomic_write_json(run_dir / FEWSHOT_METRICS_FILE, metrics, indent=1)
         self.progress.done(label, _summary(metrics))
         return {**record, "metrics": metrics}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -58,8 +59,9 @@ def initial_model_config(cfg: FinetuneConfig, pretrained: Any = None) -> ModelCo
     return model
 
 
-def finetune(cfg: FinetuneConfig) -> dict[str, float]:
-    """Trains and evaluates; returns the final COCO metrics (on the main process)."""
+def finetune(cfg: FinetuneConfig, category_groups: Mapping[str, Sequence[int]] | None = None) -> dict[str, float]:
+    """Trains and evaluates; returns the final COCO metrics (on the main process). ``category_groups``
+    (e.g. few-shot novel and base category ids) adds each group's metrics as ``"{group}/{metric}"``."""
     accelerator = make_accelerator(cfg.run, cfg.optim.grad_accum_steps,
                                    find_unused_parameters=not cfg.loss.aux_loss)
     set_seed(cfg.run.seed)
@@ -76,7 +78,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
                           f"{len(dropped)} checkpoint tensors not used" + (f" (e.g. {dropped[:3]})" if dropped else ""))
     accelerator.print(f"training on {len(train_set)} images, evaluating on {len(val_set)} "
                       f"({accelerator.num_processes} processes)")
-    evaluate = make_coco_evaluate(accelerator, val_set, cfg.optim.batch_size, cfg.data.num_workers, task.detect)
+    evaluate = make_coco_evaluate(accelerator, val_set, cfg.optim.batch_size, cfg.data.num_workers, task.detect,
+                                  category_groups)
     trainer = Trainer(
         accelerator, model, task, train_set, cfg.optim, cfg.run, num_workers=cfg.data.num_workers,
         evaluate=evaluate,

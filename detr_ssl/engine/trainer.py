@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from detr_ssl.config import OptimConfig, RunConfig
 from detr_ssl.datasets.collate import collate_detection
+from detr_ssl.distributed import all_reduce_sum
 from detr_ssl.engine.checkpoint import load_training_checkpoint, resolve_resume, save_training_checkpoint
 from detr_ssl.engine.data import SeededAugmentation
 from detr_ssl.engine.logging import ScalarLogger
 from detr_ssl.engine.optim import build_optimizer, build_scheduler
 from detr_ssl.engine.rng import rng_state, set_rng_state
-from detr_ssl.distributed import all_reduce_sum
 from detr_ssl.errors import NonFiniteError
 from detr_ssl.tasks.base import LossResult, Task
 
@@ -97,6 +97,10 @@ class Trainer:
         # The schedule is stepped per epoch, once per process: it is deliberately not prepared, since
         # Accelerate would step a prepared scheduler once per process per call.
         self.scheduler = build_scheduler(optimizer, optim)
+        if run.compile:
+            # In place (nn.Module.compile), not torch.compile(model): no wrapper module, so parameter names,
+            # checkpoints and every task's access to the model's attributes stay those of the plain model.
+            model.compile()
         self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
         self.logger = ScalarLogger(self.output_dir, accelerator.is_main_process, run.tensorboard)
         self.metrics: dict[str, float] | None = None

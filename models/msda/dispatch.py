@@ -15,6 +15,7 @@ from torch import Tensor
 
 from detr_ssl.errors import BackendUnavailableError
 from detr_ssl.models.msda.mmcv_backend import mmcv_unavailable_reason, ms_deform_attn_mmcv
+from detr_ssl.models.msda.precision import autocast_disabled
 from detr_ssl.models.msda.pytorch_backend import ms_deform_attn_pytorch
 
 Backend = Literal["auto", "pytorch", "mmcv"]
@@ -79,6 +80,10 @@ def _check_shapes(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
         fail("spatial_shapes and level_start_index must be integer tensors")
 
 
+# torch.compile runs the op eagerly and compiles the layers around it: the op is already a fused kernel
+# (mmcv's, or the pytorch backend's gather-sum with a hand-written backward), and its layout is Python
+# data read from spatial_shapes (.tolist()), which Dynamo can only trace by specialising on every shape.
+@torch.compiler.disable
 def multi_scale_deformable_attention(
     value: Tensor,
     spatial_shapes: Tensor,
@@ -113,13 +118,21 @@ def multi_scale_deformable_attention(
         torch.Size([2, 5, 32])
     """
     _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    # Mixed precision: under autocast the three float inputs arrive in different dtypes (the projections
+    # give bfloat16/float16 values, the float32 reference points make float32 locations, the weights come
+    # from a softmax). The op computes in one dtype, float32 for any half-precision input, with autocast
+    # off inside so that no op of a kernel is silently lowered: the kernels sample at pixel coordinates
+    # (normalised location x map width, over 128 on the largest maps), where bfloat16's 8 significant bits
+    # leave no fraction of a pixel, the bilinear weights that carry the location gradient; and the sums of
+    # 4 * L * P taps need float32 accumulation. The result is cast back to ``value``'s dtype.
     dtype = functools.reduce(torch.promote_types, (value.dtype, sampling_locations.dtype, attention_weights.dtype))
     if dtype in (torch.float16, torch.bfloat16):
-        dtype = torch.float32  # neither kernel accumulates in half precision
+        dtype = torch.float32
     inputs = (value.to(dtype), spatial_shapes, level_start_index, sampling_locations.to(dtype),
               attention_weights.to(dtype))
-    if resolve_backend(backend, value.device) == "mmcv" and value.numel() and sampling_locations.numel():
-        out = ms_deform_attn_mmcv(*inputs)  # (empty work goes to the pytorch path, which handles it anywhere)
-    else:
-        out = ms_deform_attn_pytorch(*inputs)
+    with autocast_disabled(value.device):
+        if resolve_backend(backend, value.device) == "mmcv" and value.numel() and sampling_locations.numel():
+            out = ms_deform_attn_mmcv(*inputs)  # (empty work goes to the pytorch path, which handles it anywhere)
+        else:
+            out = ms_deform_attn_pytorch(*inputs)
     return out.to(value.dtype)

@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from detr_ssl.models.msda.precision import autocast_disabled
+
 _PAD = 2
 """Zero border in pixels. A point whose top-left column lies left of -1 or right of W-1 has both columns
 outside the image; clamping it to -2 or W keeps both inside the border, so with two border pixels a
@@ -256,16 +258,19 @@ class _SparseMSDA(torch.autograd.Function):
         need_value, need_locations, need_attention = ctx.needs_input_grad[:3]
         empty = index.numel() == 0
         grad_value = grad_locations = grad_attention = None
-        if need_locations or need_attention:
-            dots = torch.zeros_like(weight) if empty else _sampled_dots(
-                index.view(index.shape[0], -1), grad, padded.view(-1, channels))
-            grad_locations, grad_attention = _point_grads(dots, frac, attention, ctx.levels, need_locations,
-                                                          need_attention)
-            del dots  # free before the value gradient's buffers
-        if need_value:
-            rows = n * padded_length * heads
-            padded_grad = grad.new_zeros(rows, channels) if empty else _scatter_rows(index, weight, grad, rows)
-            grad_value = ctx.levels.unpad(padded_grad.view(n, padded_length, heads, channels), ctx.length)
+        # backward() may run inside an autocast region, whose state these ops would inherit: they compute
+        # in the forward's dtype, as the forward did (see multi_scale_deformable_attention).
+        with autocast_disabled(grad.device):
+            if need_locations or need_attention:
+                dots = torch.zeros_like(weight) if empty else _sampled_dots(
+                    index.view(index.shape[0], -1), grad, padded.view(-1, channels))
+                grad_locations, grad_attention = _point_grads(dots, frac, attention, ctx.levels, need_locations,
+                                                              need_attention)
+                del dots  # free before the value gradient's buffers
+            if need_value:
+                rows = n * padded_length * heads
+                padded_grad = grad.new_zeros(rows, channels) if empty else _scatter_rows(index, weight, grad, rows)
+                grad_value = ctx.levels.unpad(padded_grad.view(n, padded_length, heads, channels), ctx.length)
         return grad_value, grad_locations, grad_attention, None
 
 

@@ -96,6 +96,18 @@ def test_frozen_backbone_has_no_trainable_parameters() -> None:
     assert any(p.requires_grad for p in model.encoder.parameters())
 
 
+@pytest.mark.parametrize("frozen_stages", [0, 1, 2])
+def test_stem_and_first_stages_stay_frozen_as_configured(frozen_stages: int) -> None:
+    model = build_model(replace(TINY, backbone_frozen_stages=frozen_stages), num_classes=3)
+    images, mask = _batch()
+    model(images, mask).logits.sum().backward()
+    for name, param in model.backbone.body.named_parameters():
+        stage = 0 if name.startswith(("conv1", "bn1")) else int(name[len("layer")])
+        trained = frozen_stages == 0 or stage > frozen_stages  # 0 trains the stem too
+        assert param.requires_grad == trained, name
+        assert (param.grad is not None) == trained, name
+
+
 def test_position_encoding_ignores_padding() -> None:
     encode = SinePositionEncoding(8)
     mask = torch.zeros(1, 4, 6, dtype=torch.bool)

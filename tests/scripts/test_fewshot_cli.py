@@ -135,7 +135,7 @@ def test_a_trained_but_unscored_run_is_only_scored(fewshot_run) -> None:
     before = checkpoint.stat().st_mtime_ns
     (out / "1shot_seed0" / "fewshot_metrics.json").unlink()
     code, stdout = run_captured(["--coco-root", str(root), *TINY, "--output-dir", str(out)])
-    assert code == 0 and "K=1, seed 0: done" in stdout and "initialised from" not in stdout
+    assert code == 0 and "K=1, seed 0: done" in stdout and "resumed from" in stdout
     assert checkpoint.stat().st_mtime_ns == before
     assert (out / "1shot_seed0" / "fewshot_metrics.json").is_file()
 
@@ -158,12 +158,6 @@ def test_bad_configuration_is_one_line(argv: list[str], message: str, capsys) ->
     code = run_main(main, argv)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err
-
-
-def test_multi_process_launch_is_refused(monkeypatch, capsys) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    code = run_main(main, ["--demo"])
-    assert code == 2 and "one process" in capsys.readouterr().err
 
 
 def test_help_documents_the_flags(tmp_path: Path) -> None:

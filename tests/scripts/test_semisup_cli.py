@@ -152,12 +152,6 @@ def test_bad_configuration_is_one_line(argv: list[str], message: str, capsys) ->
     assert code == 2 and len(err.splitlines()) == 1 and message in err
 
 
-def test_multi_process_launch_is_refused(monkeypatch, capsys) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    code = run_main(main, ["--demo"])
-    assert code == 2 and "one process" in capsys.readouterr().err
-
-
 def test_no_initialisation_is_a_config_error(small_data, capsys) -> None:
     code = run_main(main, [*small_data, *TINY])
     assert code == 2 and "nothing to compare" in capsys.readouterr().err

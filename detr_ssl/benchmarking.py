@@ -1,0 +1,145 @@
+"""Measurement tools shared by the ``scripts/bench_*.py`` benchmarks.
+
+- :func:`time_interleaved`: wall times of several methods, interleaved run by run so that background load
+  on a shared machine hits all of them alike, plus the share of the machine other processes used meanwhile.
+- :func:`peak_rss_in_fresh_process`: the extra resident memory one call needs at its worst moment, measured
+  in a fresh subprocess so that no earlier run has left freed pages or a high-water mark behind. After the
+  setup (and a tiny op, so OpenMP threads exist) the child returns free heap pages to the OS
+  (``malloc_trim``), resets the kernel's resident-set high-water mark (writing 5 to
+  ``/proc/self/clear_refs``) and reads its resident set as the baseline; after the call, ``VmHWM`` minus
+  that baseline is the peak: intermediates, tensors saved for backward, gradients, optimizer state, slack.
+- :func:`environment` and :func:`write_json`: what every result file records about the machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detr_ssl.atomic_io import atomic_write_json
+
+
+def sync(device: torch.device) -> None:
+    """Waits for queued CUDA work (a no-op on CPU), so wall times cover the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, from ``/proc/stat``; None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    hertz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / hertz, sum(ticks) / hertz
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], warmup: int, repeats: int,
+                     device: torch.device = torch.device("cpu")) -> tuple[dict[str, list[float]], float | None]:
+    """Milliseconds per run of each call (``repeats`` each after ``warmup`` untimed runs), interleaved run
+    by run; and the share of the machine's CPU time other processes used meanwhile (None off Linux)."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    machine_before, own_before = machine_cpu_seconds(), time.process_time()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            sync(device)
+            start = time.perf_counter()
+            call()
+            sync(device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    machine_after, own_after = machine_cpu_seconds(), time.process_time()
+    if machine_before is None or machine_after is None:
+        return times, None
+    others = (machine_after[0] - machine_before[0]) - (own_after - own_before)
+    return times, max(0.0, others) / max(machine_after[1] - machine_before[1], 1e-9)
+
+
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _peak_child(setup: Callable[..., Callable[[], object]], args: tuple, threads: int, calls: int) -> float | None:
+    torch.set_num_threads(threads)
+    call = setup(*args)
+    torch.ones(1 << 20).mul_(2)  # start the thread pool before the baseline
+    ctypes.CDLL(None).malloc_trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # reset VmHWM to the current resident set
+    except OSError:
+        return None
+    baseline = _status_mb("VmRSS")
+    for _ in range(calls):
+        call()
+    return _status_mb("VmHWM") - baseline
+
+
+def peak_rss_in_fresh_process(setup: Callable[..., Callable[[], object]], *args: Any, threads: int | None = None,
+                              calls: int = 1) -> float | None:
+    """Extra peak resident MiB of ``calls`` runs of ``setup(*args)()`` in a fresh process (see the module
+    docstring); None off Linux. ``setup`` must be importable (a module-level function) and builds
+    everything the call needs, so that building is not counted."""
+    if not sys.platform.startswith("linux"):
+        return None
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_peak_child, setup, args, threads or torch.get_num_threads(), calls).result()
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """What the training loop does with a step's loss: backward, gradient clipping at ``max_norm`` (none
+    when 0), the optimizer step, gradients cleared."""
+    loss.backward()
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def environment(device: torch.device = torch.device("cpu"), **extra: object) -> dict[str, object]:
+    """The machine and library versions a result was measured with."""
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor()
+                                                                                   or platform.machine()),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **extra,
+    }
+
+
+def write_json(path: Path, payload: dict[str, object]) -> None:
+    """Writes ``payload`` as indented JSON (atomically, creating the folder) and says where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, payload, indent=2)
+    print(f"wrote {path}")
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    """A GitHub-markdown table (what the README shows)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
