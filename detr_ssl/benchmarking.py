@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from detr_ssl.atomic_io import atomic_write_json
 
@@ -105,6 +106,27 @@ def peak_rss_in_fresh_process(setup: Callable[..., Callable[[], object]], *args:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(_peak_child, setup, args, threads or torch.get_num_threads(), calls).result()
+
+
+def synthetic_detection_batch(batch_size: int, height: int, width: int, num_classes: int, boxes_per_image: int,
+                              seed: int, pad_last: bool = False) -> tuple[Tensor, Tensor, list[dict[str, Tensor]]]:
+    """Random images ``(B, 3, H, W)``, their padding mask and ``boxes_per_image`` random targets per image
+    (labels, normalised cxcywh boxes). With ``pad_last`` the last image's right and bottom quarters are
+    padding (zeros, True in the mask), as in a real batch of differently sized images."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch_size, 3, height, width, generator=generator)
+    mask = torch.zeros(batch_size, height, width, dtype=torch.bool)
+    if pad_last:
+        mask[-1, :, width * 3 // 4:] = True
+        mask[-1, height * 3 // 4:] = True
+        images[mask[:, None].expand_as(images)] = 0
+    targets = []
+    for _ in range(batch_size):
+        centres = 0.2 + 0.6 * torch.rand(boxes_per_image, 2, generator=generator)
+        sides = 0.05 + 0.3 * torch.rand(boxes_per_image, 2, generator=generator)
+        labels = torch.randint(num_classes, (boxes_per_image,), generator=generator)
+        targets.append({"labels": labels, "boxes": torch.cat((centres, sides), dim=1)})
+    return images, mask, targets
 
 
 def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, max_norm: float) -> None:

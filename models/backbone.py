@@ -29,6 +29,14 @@ def _norm_layer(norm: BackboneNorm) -> Callable[[int], nn.Module]:
     raise ValueError(f"unknown backbone norm {norm!r}; choose 'frozen_bn' or 'group_norm'")
 
 
+def frozen_prefixes(frozen_stages: int) -> tuple[str, ...]:
+    """Parameter-name prefixes of a ResNet's stem and first ``frozen_stages`` stages (none for 0: no name
+    starts with an empty tuple of prefixes)."""
+    if frozen_stages == 0:
+        return ()
+    return ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, frozen_stages + 1))
+
+
 class Backbone(nn.Module):
     """A timm ResNet truncated to its last ``num_levels`` stages (C5, C4, C3 ... strides 32, 16, 8).
 
@@ -68,8 +76,8 @@ class Backbone(nn.Module):
             load_backbone_weights(self, weights)
         if not trainable:
             self.requires_grad_(False)
-        elif frozen_stages > 0:
-            frozen = ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, frozen_stages + 1))
+        else:
+            frozen = frozen_prefixes(frozen_stages)
             for name, param in self.body.named_parameters():
                 if name.startswith(frozen):
                     param.requires_grad_(False)

@@ -7,6 +7,7 @@ outputs. ``transformers`` is an optional dependency (the ``bench`` extra); it is
 
 from __future__ import annotations
 
+from detr_ssl.models.backbone import frozen_prefixes
 from detr_ssl.models.config import ModelConfig
 from torch import nn
 
@@ -43,7 +44,7 @@ def build_transformers_detector(config: ModelConfig, num_classes: int, aux_loss:
     from transformers import DeformableDetrForObjectDetection
 
     model = DeformableDetrForObjectDetection(transformers_config(config, num_classes, aux_loss))
-    frozen = ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, config.backbone_frozen_stages + 1))
+    frozen = frozen_prefixes(config.backbone_frozen_stages)
     for name, param in model.model.backbone.model.named_parameters():
         if not config.train_backbone or name.startswith(frozen):
             param.requires_grad_(False)

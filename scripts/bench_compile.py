@@ -55,7 +55,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from detr_ssl.benchmarking import environment, markdown_table, time_interleaved, write_json
+from detr_ssl.benchmarking import (
+    backward_and_step,
+    environment,
+    markdown_table,
+    synthetic_detection_batch,
+    time_interleaved,
+    write_json,
+)
 from detr_ssl.config import LossConfig, OptimConfig
 from detr_ssl.engine.optim import build_optimizer
 from detr_ssl.losses import SetCriterion, build_criterion
@@ -71,16 +78,7 @@ Targets = list[dict[str, Tensor]]
 
 def make_batch(batch_size: int, image_size: int, seed: int) -> tuple[Tensor, Tensor, Targets]:
     """Random images ``(B, 3, S, S)``, an all-valid mask and ``BOXES_PER_IMAGE`` random cxcywh boxes each."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
-    mask = torch.zeros(batch_size, image_size, image_size, dtype=torch.bool)
-    targets = []
-    for _ in range(batch_size):
-        centres = 0.2 + 0.6 * torch.rand(BOXES_PER_IMAGE, 2, generator=generator)
-        sides = 0.05 + 0.3 * torch.rand(BOXES_PER_IMAGE, 2, generator=generator)
-        labels = torch.randint(NUM_CLASSES, (BOXES_PER_IMAGE,), generator=generator)
-        targets.append({"labels": labels, "boxes": torch.cat((centres, sides), dim=1)})
-    return images, mask, targets
+    return synthetic_detection_batch(batch_size, image_size, image_size, NUM_CLASSES, BOXES_PER_IMAGE, seed)
 
 
 def build_detector(model_size: str, seed: int, **overrides: object) -> tuple[DeformableDETR, SetCriterion]:
@@ -94,17 +92,15 @@ def make_train_step(model: nn.Module, criterion: SetCriterion, batch: tuple[Tens
     """A closure running one training step on ``batch``; returns its loss. Without ``optimizer`` the step is
     forward + loss + backward only (the gradients are cleared first, so every call allocates them anew)."""
     images, mask, targets = batch
-    parameters = [p for p in model.parameters() if p.requires_grad]
     model.train()
 
     def step() -> float:
-        for parameter in parameters:
-            parameter.grad = None
         loss = criterion(model(images, mask), targets).total
-        loss.backward()
-        if optimizer is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, CLIP_MAX_NORM)
-            optimizer.step()
+        if optimizer is None:
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            backward_and_step(loss, optimizer, CLIP_MAX_NORM)
         return float(loss.detach())
 
     return step

@@ -53,7 +53,7 @@ from detr_ssl.benchmarking import backward_and_step, environment, markdown_table
 from detr_ssl.cli.finetune import load_datasets, resolve_data
 from detr_ssl.config import FinetuneConfig, parse_finetune_args
 from detr_ssl.datasets import Batch, collate_detection, demo_detection_dataset
-from detr_ssl.engine.data import SeededAugmentation
+from detr_ssl.engine.data import training_loader
 from detr_ssl.engine.optim import build_optimizer
 from detr_ssl.tasks.supervised import SupervisedTask, build_supervised
 
@@ -92,11 +92,9 @@ def finetune_config(args: argparse.Namespace, train_json: Path, output: Path) ->
     return replace(config, data=resolve_data(config.data))
 
 
-def training_loader(dataset: Dataset, cfg: FinetuneConfig, workers: int) -> DataLoader:
+def loader_with(dataset: Dataset, cfg: FinetuneConfig, workers: int) -> DataLoader:
     """The loader `Trainer` builds (before Accelerate wraps it), with ``workers`` worker processes."""
-    return DataLoader(SeededAugmentation(dataset, cfg.run.seed), batch_size=cfg.optim.batch_size, shuffle=True,
-                      num_workers=workers, collate_fn=collate_detection, drop_last=False,
-                      generator=torch.Generator().manual_seed(cfg.run.seed))
+    return training_loader(dataset, cfg.optim.batch_size, cfg.run.seed, workers, collate_detection)
 
 
 def images_per_second(batches: Iterable[Batch], consume: Callable[[Batch], object] = lambda batch: None) -> float:
@@ -125,8 +123,8 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig) -> dict[str, object]:
     model, task = build_supervised(cfg.architecture, cfg.model, train_set.num_classes, cfg.loss, cfg.pair)
     model.train()
     step = functools.partial(train_step, model, task, build_optimizer(model, cfg.optim), cfg)
-    batches = itertools.cycle(list(itertools.islice(training_loader(train_set, cfg, 0), args.step_batches)))
-    loaders = {workers: training_loader(train_set, cfg, workers) for workers in args.workers}
+    batches = itertools.cycle(list(itertools.islice(loader_with(train_set, cfg, 0), args.step_batches)))
+    loaders = {workers: loader_with(train_set, cfg, workers) for workers in args.workers}
     rates: dict[int, list[float]] = {workers: [] for workers in args.workers}
     calls = {"model step": lambda: step(next(batches))}
     calls |= {f"loader, {workers} workers": functools.partial(record_pass, loaders[workers], rates[workers])

@@ -48,6 +48,7 @@ from detr_ssl.benchmarking import (
     environment,
     markdown_table,
     peak_rss_in_fresh_process,
+    synthetic_detection_batch,
     time_interleaved,
     write_json,
 )
@@ -77,19 +78,7 @@ CRITERION = build_criterion(NUM_CLASSES, LossConfig(cls_weight=1.0))
 def make_batch(batch: int, height: int, width: int, seed: int) -> tuple[Tensor, Tensor, list[dict[str, Tensor]]]:
     """Random images (the last one padded on the right and bottom, as in a real batch), their padding mask
     and ``BOXES_PER_IMAGE`` random targets per image (cxcywh, normalised)."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, height, width, generator=generator)
-    mask = torch.zeros(batch, height, width, dtype=torch.bool)
-    mask[-1, :, width * 3 // 4:] = True
-    mask[-1, height * 3 // 4:] = True
-    images[mask[:, None].expand_as(images)] = 0
-    targets = []
-    for _ in range(batch):
-        centres = torch.rand(BOXES_PER_IMAGE, 2, generator=generator) * 0.6 + 0.2
-        sizes = torch.rand(BOXES_PER_IMAGE, 2, generator=generator) * 0.3 + 0.05
-        targets.append({"labels": torch.randint(0, NUM_CLASSES, (BOXES_PER_IMAGE,), generator=generator),
-                        "boxes": torch.cat((centres, sizes), dim=1)})
-    return images, mask, targets
+    return synthetic_detection_batch(batch, height, width, NUM_CLASSES, BOXES_PER_IMAGE, seed, pad_last=True)
 
 
 def build_pair(size: str, seed: int) -> tuple[nn.Module, nn.Module]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 
 class SeededAugmentation(Dataset):
@@ -32,3 +34,15 @@ class SeededAugmentation(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
             return self.dataset[index]
+
+
+def training_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int,
+                    collate_fn: Callable[[list[Any]], Any]) -> DataLoader:
+    """The shuffled training loader over ``SeededAugmentation(dataset, seed)`` (its ``.dataset``).
+
+    Its generator is private: creating an iterator draws a worker seed from it, and drawing from the
+    global generator instead would shift dropout after a mid-epoch resume.
+    """
+    return DataLoader(SeededAugmentation(dataset, seed), batch_size=batch_size, shuffle=True,
+                      num_workers=num_workers, collate_fn=collate_fn, drop_last=False,
+                      generator=torch.Generator().manual_seed(seed))

@@ -14,14 +14,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from detr_ssl.config import OptimConfig, RunConfig
 from detr_ssl.datasets.collate import collate_detection
 from detr_ssl.distributed import all_reduce_sum
 from detr_ssl.engine.checkpoint import load_training_checkpoint, resolve_resume, save_training_checkpoint
-from detr_ssl.engine.data import SeededAugmentation
+from detr_ssl.engine.data import SeededAugmentation, training_loader
 from detr_ssl.engine.logging import ScalarLogger
 from detr_ssl.engine.optim import build_optimizer, build_scheduler
 from detr_ssl.engine.rng import rng_state, set_rng_state
@@ -87,12 +87,8 @@ class Trainer:
         """Batches skipped for a non-finite loss in this process's lifetime (logged as train/skipped_batches)."""
         self.consecutive_skips = 0
         self.output_dir = Path(run.output_dir)
-        self.train_set = SeededAugmentation(train_dataset, run.seed)
-        # A private generator: creating an iterator draws a worker seed from it, and drawing from the
-        # global generator instead would shift dropout after a mid-epoch resume.
-        loader = DataLoader(self.train_set, batch_size=optim.batch_size, shuffle=True, num_workers=num_workers,
-                            collate_fn=collate_fn, drop_last=False,
-                            generator=torch.Generator().manual_seed(run.seed))
+        loader = training_loader(train_dataset, optim.batch_size, run.seed, num_workers, collate_fn)
+        self.train_set: SeededAugmentation = loader.dataset
         optimizer = build_optimizer(model, optim)
         # The schedule is stepped per epoch, once per process: it is deliberately not prepared, since
         # Accelerate would step a prepared scheduler once per process per call.

@@ -3,8 +3,6 @@ per stage."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import subprocess
@@ -13,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from launch import run_captured
 
 from detr_ssl.cli.common import run_main
 from detr_ssl.cli.fewshot import main
@@ -44,19 +44,12 @@ def make_coco_root(root: Path, demo_data, num_train: int, num_val: int) -> Path:
     return root
 
 
-def run_captured(argv: list[str]) -> tuple[int, str]:
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = run_main(main, argv)
-    return code, stdout.getvalue()
-
-
 @pytest.fixture(scope="module")
 def fewshot_run(demo_data, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """(COCO root, output folder, stdout) of one finished tiny benchmark."""
     root = make_coco_root(tmp_path_factory.mktemp("coco"), demo_data, num_train=16, num_val=8)
     out = tmp_path_factory.mktemp("fewshot") / "out"
-    code, stdout = run_captured(["--coco-root", str(root), *TINY, "--output-dir", str(out)])
+    code, stdout = run_captured(main, ["--coco-root", str(root), *TINY, "--output-dir", str(out)])
     assert code == 0, stdout
     return root, out, stdout
 
@@ -122,7 +115,7 @@ def test_rerun_skips_finished_runs(fewshot_run) -> None:
                out / "1shot_seed0" / "fewshot_metrics.json"]
     before = [path.stat().st_mtime_ns for path in watched]
     runs = json.loads((out / "results.json").read_text())["runs"]
-    code, stdout = run_captured(["--coco-root", str(root), *TINY, "--output-dir", str(out)])
+    code, stdout = run_captured(main, ["--coco-root", str(root), *TINY, "--output-dir", str(out)])
     assert code == 0
     assert stdout.count("finished before, skipped") == 2 and "running" not in stdout
     assert [path.stat().st_mtime_ns for path in watched] == before
@@ -134,7 +127,7 @@ def test_a_trained_but_unscored_run_is_only_scored(fewshot_run) -> None:
     checkpoint = out / "1shot_seed0" / "checkpoint.pth"
     before = checkpoint.stat().st_mtime_ns
     (out / "1shot_seed0" / "fewshot_metrics.json").unlink()
-    code, stdout = run_captured(["--coco-root", str(root), *TINY, "--output-dir", str(out)])
+    code, stdout = run_captured(main, ["--coco-root", str(root), *TINY, "--output-dir", str(out)])
     assert code == 0 and "K=1, seed 0: done" in stdout and "resumed from" in stdout
     assert checkpoint.stat().st_mtime_ns == before
     assert (out / "1shot_seed0" / "fewshot_metrics.json").is_file()

@@ -3,8 +3,6 @@ epochs each; the demo's pretraining chain on one step; the report without matplo
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -13,6 +11,8 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+
+from launch import run_captured
 
 from detr_ssl.cli.benchmark import RunData
 from detr_ssl.cli.common import run_main
@@ -34,13 +34,6 @@ from detr_ssl.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--preset", "demo", "--model-size", "tiny", "--batch-size", "4", "--num-workers", "0"]
-
-
-def run_captured(argv: list[str]) -> tuple[int, str]:
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = run_main(main, argv)
-    return code, stdout.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +59,7 @@ def semisup_run(small_data, tmp_path_factory: pytest.TempPathFactory) -> tuple[l
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), backbone)
     argv = [*small_data, *TINY, "--fractions", "0.25", "0.5", "--schedule", "0.5=1", "--random-init",
             "--backbone-init", str(backbone), "--output-dir", str(folder / "out")]
-    code, stdout = run_captured(argv)
+    code, stdout = run_captured(main, argv)
     assert code == 0, stdout
     return argv, folder / "out", stdout
 
@@ -104,7 +97,7 @@ def test_rerun_skips_finished_runs(semisup_run) -> None:
     argv, out, _ = semisup_run
     checkpoint = out / "25pct" / "random_seed42" / "checkpoint.pth"
     before = checkpoint.stat().st_mtime_ns
-    code, stdout = run_captured(argv)
+    code, stdout = run_captured(main, argv)
     assert code == 0 and stdout.count("finished before, skipped") == 4 and "running" not in stdout
     assert checkpoint.stat().st_mtime_ns == before
 
