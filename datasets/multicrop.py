@@ -1,10 +1,11 @@
 """Multi-crop views of unlabeled images for backbone self-supervision (SwAV, DenseCL).
 
 Each sample is a list of augmented crops of one image: ``num_global`` large random-resized crops
-followed by ``num_local`` small ones (SwAV's multi-crop). The augmentations are the usual SimCLR /
-SwAV set: random resized crop, horizontal flip, colour jitter, random grayscale, Gaussian blur on
-the global views. All randomness comes from torch's generator, so the engine's per-sample seeding
-makes the views reproducible across restarts.
+followed by ``num_local`` small ones (SwAV's multi-crop). Every crop, global or local, gets what the
+released SwAV code (``src/multicropdataset.py``) gives it: random resized crop, horizontal flip (p 0.5),
+colour distortion of strength 1 (ColorJitter(0.8, 0.8, 0.8, 0.2) with p 0.8, then grayscale with p 0.2),
+PIL Gaussian blur with p 0.5 and sigma uniform in [0.1, 2], ImageNet normalisation. All randomness comes
+from torch's generator, so the engine's per-sample seeding makes the views reproducible across restarts.
 """
 
 from __future__ import annotations
@@ -13,37 +14,62 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from PIL import Image, ImageFilter
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from detr_ssl.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["CropSpec", "MultiCropDataset", "Views", "collate_views", "view_transform"]
+__all__ = ["BLUR_SIGMA", "CropSpec", "MultiCropDataset", "PilGaussianBlur", "Views", "collate_views",
+           "view_transform"]
+
+#: Range of the blur's standard deviation in pixels (SimCLR's, kept by SwAV and DenseCL).
+BLUR_SIGMA = (0.1, 2.0)
 
 
 @dataclass(frozen=True)
 class CropSpec:
-    """One kind of view: output side, area range (fraction of the image) and whether it is blurred."""
+    """One kind of view: output side, area range (fraction of the image) and its colour and blur
+    augmentation. The defaults are the released SwAV's, the same for global and local crops."""
 
     size: int
     scale: tuple[float, float]
-    blur: bool
+    color_strength: float = 1.0
+    """Colour distortion strength s: ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) applied with probability 0.8
+    (SwAV: 1.0; MoCo v2 and DenseCL: 0.5), then grayscale with probability 0.2."""
+    blur_probability: float = 0.5
+    """Chance of a Gaussian blur with sigma uniform in BLUR_SIGMA (SwAV: 0.5 on every crop)."""
+
+
+class PilGaussianBlur:
+    """Blurs a PIL image with PIL's Gaussian filter, sigma drawn uniformly from ``sigma`` with torch's
+    generator. PIL's filter is not cut at a kernel size, so small crops are blurred as much as large ones."""
+
+    def __init__(self, sigma: tuple[float, float] = BLUR_SIGMA) -> None:
+        self.sigma = sigma
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        low, high = self.sigma
+        sigma = low + (high - low) * float(torch.rand(()))
+        return image.filter(ImageFilter.GaussianBlur(radius=sigma))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sigma={self.sigma})"
 
 
 def view_transform(spec: CropSpec) -> T.Compose:
     """PIL image -> normalised ``(3, size, size)`` tensor for one random view."""
-    steps: list = [
+    s = spec.color_strength
+    return T.Compose([
         T.RandomResizedCrop(spec.size, scale=spec.scale, antialias=True),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomHorizontalFlip(p=0.5),
+        T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
         T.RandomGrayscale(p=0.2),
-    ]
-    if spec.blur:
-        # Kernel about a tenth of the crop side, odd, as in SimCLR.
-        steps.append(T.RandomApply([T.GaussianBlur(spec.size // 10 * 2 + 1, sigma=(0.1, 2.0))], p=0.5))
-    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return T.Compose(steps)
+        T.RandomApply([PilGaussianBlur()], p=spec.blur_probability),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
 
 
 class MultiCropDataset(Dataset):

@@ -23,6 +23,8 @@ from detr_ssl.datasets.transforms import (
     PAPER_EVAL_SIZE,
     PAPER_MAX_SIZE,
     PAPER_TRAIN_SCALES,
+    PRETRAIN_MAX_SIZE,
+    PRETRAIN_TRAIN_SCALES,
 )
 from detr_ssl.models.config import MODEL_PRESETS, ModelConfig, model_preset
 
@@ -221,16 +223,19 @@ def to_plain(obj: Any) -> Any:
 
 @dataclass(frozen=True)
 class PretrainDataConfig:
-    """Unlabeled images for pretraining."""
+    """Unlabeled images for pretraining, and their augmentation (DetReg's and UP-DETR's released recipe)."""
 
     data: Path | None = None
     """Image folder (searched recursively) or a COCO JSON whose labels are ignored (default: the
     embedded demo photos)."""
     image_dir: Path | None = None
     """Image folder of a COCO JSON given as --data (default: the JSON's folder)."""
-    train_scales: tuple[int, ...] = (320, 352, 384, 416, 448, 480)
-    """Shorter-side sizes (DetReg pretraining: 320-480)."""
-    max_size: int = 600
+    train_scales: tuple[int, ...] = PRETRAIN_TRAIN_SCALES
+    """Shorter-side sizes sampled for each image."""
+    max_size: int = PRETRAIN_MAX_SIZE
+    crop: tuple[int, int] | None = PAPER_CROP
+    """With probability 0.5: resize (short side 400/500/600 for a 384-600 crop), random crop of this
+    (min, max) side, then the multi-scale resize; None: resize only."""
     num_workers: int = 2
 
 
@@ -239,14 +244,17 @@ class UpDetrConfig:
     """UP-DETR random query patches (Dai et al., 2021)."""
 
     num_patches: int = 10
-    """Random patches per image; num_queries = num_patches * queries_per_patch."""
-    queries_per_patch: int = 10
+    """Random patches per image. The decoder's --model.num-queries are split evenly among them (num_queries /
+    num_patches each, which must be a whole number, as in the released UP-DETR). The presets give 100 queries
+    for 10 patches (paper) and 30 for 3 (demo); changing only this flag keeps the preset's query count and
+    changes the queries per patch."""
     min_patch_size: int = 8
     """Smallest patch side in pixels."""
     patch_size: int = 128
     """Side the patches are resized to before the frozen backbone encodes them."""
-    feature_dropout: float = 0.1
-    """Fraction of patch-feature dimensions dropped during pretraining."""
+    mask_ratio: float = 0.1
+    """Probability that a query's patch feature is left out during pretraining (the released code's
+    query-patch masking: zeroed, not rescaled)."""
     query_shuffle: bool = False
     no_object_weight: float = 0.1
     reconstruction_weight: float = 1.0
@@ -254,22 +262,37 @@ class UpDetrConfig:
 
 @dataclass(frozen=True)
 class DetRegConfig:
-    """DetReg: selective-search pseudo-boxes + embeddings aligned to a frozen teacher (Bar et al., 2022)."""
+    """DetReg: selective-search pseudo-boxes + embeddings aligned to a frozen teacher (Bar et al., 2022).
+
+    Defaults are what the released code (amirbar/DETReg, configs/DETReg_top30_*.sh) does; docs/PROTOCOLS.md
+    lists every deliberate difference."""
 
     teacher_checkpoint: Path | None = None
-    """SwAV ResNet-50 checkpoint in the official layout, or a timm ResNet state dict (default: the
-    detector's own frozen backbone is the teacher)."""
+    """Teacher weights: the SwAV ResNet-50 (swav_800ep_pretrain.pth.tar, official layout), a timm/torchvision
+    ResNet state dict or a backbone pretext's export. Required by the paper preset; the demo falls back to
+    the detector's own frozen backbone."""
     teacher_arch: str | None = None
-    """timm ResNet name of --teacher-checkpoint (default: the detector's backbone, --model.backbone)."""
-    teacher_stage: Literal["layer2", "layer4"] = "layer4"
-    """Teacher features: layer4 (2048-d, the paper) or layer2 (512-d, the released config)."""
+    """timm ResNet name of --teacher-checkpoint (default: read from the checkpoint's tensors)."""
+    teacher_stage: Literal["layer2", "layer4"] = "layer2"
+    """Teacher features, spatially averaged: layer2 (512-d for ResNet-50, the released default) or layer4
+    (2048-d, the paper's description)."""
+    teacher_augment: bool = True
+    """Augment each teacher crop as released: colour jitter (0.4, 0.4, 0.4, 0.1) p=0.8, greyscale p=0.2,
+    Gaussian blur sigma 0.1-2 p=0.5."""
+    embedding_layers: Literal["last", "all"] = "last"
+    """Decoder layers that carry the embedding loss: the last (released) or every layer."""
     proposal_cache: Path | None = None
     """Proposal cache folder (scripts/precompute_proposals.py); default: OUTPUT/proposals."""
     require_cache: bool = False
     """Fail instead of computing proposals missing from the cache."""
     proposal_resize: int = 128
     proposal_top_k: int = 30
+    proposal_draws: int = 1
+    """Different seeded top-k draws of selective search per image, each cached; every load picks one at
+    random. The released code reruns selective search at each load (a new draw every epoch); 1 keeps one
+    fixed draw per image."""
     crop_size: int = 128
+    """Side of the teacher crops (cut from the image before augmentation, as released)."""
     embedding_weight: float = 1.0
 
 
@@ -323,7 +346,14 @@ class DenseClConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Self-supervised pretraining of the whole Deformable DETR (backbone, encoder, decoder, heads)."""
+    """Self-supervised pretraining of the whole Deformable DETR (backbone, encoder, decoder, heads).
+
+    The defaults shown are those of the preset in force: 'demo' without --data; add --data (or
+    --preset paper) to --help to see the released recipes. DetReg (amirbar/DETReg): SwAV ResNet-50 teacher
+    and backbone (required), layer2 targets, 300 queries, 24 images per process on 8 processes (192),
+    AdamW lr 2e-4, 50 epochs on COCO (5 on ImageNet: --epochs 5), lr drop at 40, short side 320-480, long
+    side <= 600, crop branch 384-600. UP-DETR: 100 queries for 10 patches, lr 1e-4, 60 epochs, drop at 40.
+    Differences from the released code: docs/PROTOCOLS.md."""
 
     task: str = "detreg"
     """Pretext task (see detr_ssl.tasks.TASKS): updetr, detreg, pairdetr; backbone only: swav, densecl."""
@@ -356,10 +386,12 @@ def demo_pretrain() -> PretrainConfig:
         preset="demo",
         model_size="tiny",
         model=model_preset("tiny", train_backbone=False),
-        data=PretrainDataConfig(train_scales=DEMO_TRAIN_SCALES, max_size=DEMO_MAX_SIZE, num_workers=0),
+        data=PretrainDataConfig(train_scales=DEMO_TRAIN_SCALES, max_size=DEMO_MAX_SIZE, crop=DEMO_CROP,
+                                num_workers=0),
         optim=OptimConfig(epochs=10, lr=4e-4, lr_backbone=0.0, lr_drop=8, batch_size=4),
         run=RunConfig(output_dir=Path("outputs/demo-pretrain"), log_every=5, checkpoint_every=5),
-        # 3 patches x 10 queries = the tiny model's 30 queries, so every query transfers to fine-tuning.
+        # 3 patches x 10 queries (UP-DETR's defaults) = the tiny model's 30 queries, so every query transfers
+        # to fine-tuning.
         updetr=UpDetrConfig(num_patches=3),
     )
 

@@ -37,7 +37,8 @@ class ModelConfig:
     num_queries: int = 300
     with_box_refine: bool = False
     two_stage: bool = False
-    """Encoder proposals become the decoder's queries (implies per-layer box heads)."""
+    """Encoder proposals become the decoder's queries. As in the original, class and box heads are per layer
+    only with box refinement (plus one pair for the proposals); without it one shared pair scores all."""
     msda_backend: Backend = "auto"
     """auto: mmcv's CUDA kernel when importable and on CUDA, otherwise pure PyTorch."""
     encoder_checkpointing: bool = False

@@ -17,6 +17,7 @@ from detr_ssl.models.backbone import Backbone
 from detr_ssl.models.config import ModelConfig
 from detr_ssl.models.deformable_transformer import DecoderLayer, DeformableDecoder, DeformableEncoder, EncoderLayer
 from detr_ssl.models.heads import box_head, class_head
+from detr_ssl.models.msda import MSDeformAttn
 from detr_ssl.models.outputs import DetectionOutput
 from detr_ssl.models.position_encoding import SinePositionEncoding
 from detr_ssl.models.two_stage import ProposalQuerySelector
@@ -57,6 +58,27 @@ def _valid_ratio(mask: Tensor) -> Tensor:
     return torch.stack((valid_w, valid_h), dim=-1)
 
 
+def init_transformer_(parts: list[nn.Module], level_embed: nn.Parameter) -> None:
+    """Deformable DETR's initialisation of its transformer (``DeformableTransformer._reset_parameters``).
+
+    PyTorch starts a Linear's weight Kaiming-uniform (bound ``1/sqrt(fan_in)``); the original instead
+    draws every weight matrix of the transformer Xavier-uniform (bound ``sqrt(6/(fan_in+fan_out))``),
+    then lets each deformable attention redo its own initialisation (zero offset and attention weights),
+    and draws the level embedding from N(0, 1). Biases keep their defaults. The heads, query embeddings,
+    input projections and backbone are not part of it: they are initialised where they are built. So
+    ``parts`` must not hold the heads, to which the decoder and the two-stage selector keep references.
+    """
+    for part in parts:
+        for param in part.parameters():
+            if param.dim() > 1:
+                nn.init.xavier_uniform_(param)
+    for part in parts:
+        for module in part.modules():
+            if isinstance(module, MSDeformAttn):
+                module.reset_parameters()
+    nn.init.normal_(level_embed)
+
+
 def heads_of(module: nn.Module, count: int, shared: bool) -> nn.ModuleList:
     """``count`` heads: the same module repeated (shared weights) or independent copies."""
     return nn.ModuleList(module if shared else copy.deepcopy(module) for _ in range(count))
@@ -89,17 +111,22 @@ class DeformableDETR(nn.Module):
             extra_in = d
         self.input_proj = nn.ModuleList(projections)
         self.position_encoding = SinePositionEncoding(d // 2)
-        self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, d).normal_())
+        self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, d))
 
         enc_layer = EncoderLayer(d, config.ffn_dim, config.dropout, config.num_feature_levels,
                                  config.num_heads, config.enc_points, config.msda_backend)
         self.encoder = DeformableEncoder(enc_layer, config.enc_layers, checkpointing=config.encoder_checkpointing)
 
-        # Per-layer heads when boxes are refined layer by layer; one extra pair scores two-stage proposals.
-        per_layer = config.with_box_refine or config.two_stage
+        # As the original: independent copies of the heads per decoder layer when boxes are refined layer
+        # by layer, otherwise one shared pair; two-stage proposals are scored by one more (or the shared) pair.
+        # The (w, h) bias -2 goes on the first box head only, the one predicting from point references
+        # (so on all of them when shared); later refined layers and two-stage decoders start from boxes.
+        per_layer = config.with_box_refine
         num_heads = config.dec_layers + (1 if config.two_stage else 0)
         self.class_heads = heads_of(class_head(d, num_classes), num_heads, shared=not per_layer)
-        self.box_heads = heads_of(box_head(d), num_heads, shared=not per_layer)
+        self.box_heads = heads_of(box_head(d, size_bias=0.0), num_heads, shared=not per_layer)
+        if not config.two_stage:
+            nn.init.constant_(self.box_heads[0].layers[-1].bias[2:], -2.0)
         dec_layer = DecoderLayer(d, config.ffn_dim, config.dropout, config.num_feature_levels,
                                  config.num_heads, config.dec_points, config.msda_backend)
         self.decoder = DeformableDecoder(dec_layer, config.dec_layers, self.box_heads,
@@ -107,11 +134,13 @@ class DeformableDETR(nn.Module):
         if config.two_stage:
             self.query_selector = ProposalQuerySelector(d, config.num_queries, self.class_heads[-1],
                                                         self.box_heads[-1])
+            transformer = [self.query_selector.memory_proj, self.query_selector.query_proj]
         else:
             self.query_embed = nn.Embedding(config.num_queries, 2 * d)
             self.reference_points = nn.Linear(d, 2)
-            nn.init.xavier_uniform_(self.reference_points.weight, gain=1)
             nn.init.zeros_(self.reference_points.bias)
+            transformer = [self.reference_points]
+        init_transformer_([self.encoder, self.decoder.layers, *transformer], self.level_embed)
 
     @property
     def hidden_dim(self) -> int:

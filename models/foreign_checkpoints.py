@@ -3,9 +3,13 @@
 Two layouts are known. The original Deformable DETR / DetReg / UP-DETR repositories save ``{"model": state_dict, ...}`` with keys such as
 ``backbone.0.body.layer1.0.conv1.weight``, ``transformer.encoder.layers.0.norm1.weight``,
 ``transformer.decoder.layers.0.linear1.weight``, ``class_embed.0.weight``, ``bbox_embed.0.layers.0.weight``.
-Renaming is all that is needed: our modules keep the original parameter shapes. DetReg's extra heads
-(``feature_embed``) and UP-DETR's DETR transformer have no counterpart and are reported as unused by
-:func:`detr_ssl.engine.checkpoint.load_pretrained`, which calls :func:`convert_foreign_state_dict`.
+Renaming is all that is needed: our modules keep the original parameter shapes. A DETReg checkpoint's
+object-embedding head (``feature_embed.layers.{0,1}``, the 2-layer MLP on the last decoder layer) is our
+:class:`~detr_ssl.tasks.detreg.DetRegModel`'s ``embedding_head``, so such a checkpoint is converted to that
+model's layout: the detector under ``detector.``, the head as ``embedding_head.``.
+:func:`detr_ssl.engine.checkpoint.load_pretrained`, which calls :func:`convert_foreign_state_dict`, strips
+the ``detector.`` prefix again for a bare detector, which then reports ``embedding_head.*`` as unused.
+UP-DETR's DETR transformer has no counterpart and is reported as unused.
 
 HuggingFace transformers' ``DeformableDetrForObjectDetection`` (e.g. ``SenseTime/deformable-detr`` saved
 with ``save_pretrained`` and read back as a state dict) names the same tensors ``model.encoder.layers.0.
@@ -122,9 +126,22 @@ def _merge_qkv(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return merged
 
 
+_DETREG_HEAD = "feature_embed."
+"""DETReg's object-embedding MLP: ``MLP(hidden, hidden, E, 2)`` with the same ``layers.{0,1}`` as ours."""
+_DETREG_LAYOUT = ("detector.", "embedding_head.")
+"""Where :class:`~detr_ssl.tasks.detreg.DetRegModel` holds the detector and the embedding head."""
+
+
 def convert_foreign_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Renames original- or transformers-layout keys to ours; keys no rule knows are kept as they are
-    (and later reported as unused if the model has no such key)."""
+    (and later reported as unused if the model has no such key). A DETReg checkpoint (one with
+    ``feature_embed.*``) comes out in the DetReg model's layout: ``detector.<our detector key>`` and
+    ``embedding_head.<layers...>``."""
     if _is_transformers_layout(state):
         return _merge_qkv(_rename(state, _HF_RULES))
-    return _rename(state, _ORIGINAL_RULES)
+    renamed = _rename(state, _ORIGINAL_RULES)
+    if not any(key.startswith(_DETREG_HEAD) for key in renamed):
+        return renamed
+    detector, head = _DETREG_LAYOUT
+    return {(head + key.removeprefix(_DETREG_HEAD) if key.startswith(_DETREG_HEAD) else detector + key): value
+            for key, value in renamed.items()}

@@ -30,10 +30,15 @@ def class_head(hidden_dim: int, num_classes: int, prior_prob: float = 0.01) -> n
     return head
 
 
-def box_head(hidden_dim: int) -> MLP:
-    """3-layer MLP predicting a box offset in logit space; starts at 'no offset, small box'."""
+def box_head(hidden_dim: int, size_bias: float = -2.0) -> MLP:
+    """3-layer MLP predicting a box offset in logit space.
+
+    Its output layer starts at zero except for the (w, h) biases, ``size_bias``: -2 starts boxes small
+    (about 0.12 of the image) when the reference is a point. The detector decides which of its heads get
+    it (see :class:`~detr_ssl.models.deformable_detr.DeformableDETR`).
+    """
     head = MLP(hidden_dim, hidden_dim, 4, 3)
     nn.init.zeros_(head.layers[-1].weight)
     nn.init.zeros_(head.layers[-1].bias)
-    nn.init.constant_(head.layers[-1].bias[2:], -2.0)
+    nn.init.constant_(head.layers[-1].bias[2:], size_bias)
     return head

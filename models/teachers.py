@@ -24,7 +24,7 @@ from detr_ssl.errors import CheckpointError
 from detr_ssl.models.backbone import Backbone
 from detr_ssl.models.checkpoint_io import load_state_dict_file, trunk_keys
 
-__all__ = ["FrozenEncoder", "Stage", "build_teacher", "load_swav_state_dict", "resnet_trunk"]
+__all__ = ["FrozenEncoder", "Stage", "build_teacher", "load_swav_state_dict", "resnet_arch_of", "resnet_trunk"]
 
 Stage = Literal["layer1", "layer2", "layer3", "layer4"]
 
@@ -127,7 +127,43 @@ def _trunk_shapes(arch: str) -> dict[str, torch.Size]:
     return {name: tensor.shape for name, tensor in trunk.state_dict().items()}
 
 
-def load_swav_state_dict(path: Path, arch: str = "resnet50") -> dict[str, Tensor]:
+#: (block type, blocks per stage, layer1's first conv width) -> timm/torchvision ResNet name.
+_RESNET_SHAPES: dict[tuple[str, tuple[int, ...], int], str] = {
+    ("basic", (2, 2, 2, 2), 64): "resnet18",
+    ("basic", (3, 4, 6, 3), 64): "resnet34",
+    ("bottleneck", (3, 4, 6, 3), 64): "resnet50",
+    ("bottleneck", (3, 4, 23, 3), 64): "resnet101",
+    ("bottleneck", (3, 8, 36, 3), 64): "resnet152",
+    ("bottleneck", (3, 4, 6, 3), 128): "wide_resnet50_2",
+    ("bottleneck", (3, 4, 23, 3), 128): "wide_resnet101_2",
+}
+
+
+def resnet_arch_of(state: dict[str, Tensor], path: Path | str = "checkpoint") -> str:
+    """The ResNet a trunk state dict (torchvision names, see :func:`trunk_keys`) is the weights of.
+
+    Read from the tensors themselves: the block type (a ``conv3`` means bottleneck blocks), the number
+    of blocks in each stage and the width of layer1's first convolution.
+
+    Raises:
+        CheckpointError naming ``path`` when the tensors are not one of the ResNets in ``_RESNET_SHAPES``.
+    """
+    blocks = []
+    for stage in range(1, 5):
+        indices = {int(key.split(".")[1]) for key in state if key.startswith(f"layer{stage}.")
+                   and key.split(".")[1].isdigit()}
+        blocks.append(max(indices) + 1 if indices else 0)
+    kind = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
+    first = state.get("layer1.0.conv1.weight")
+    width = int(first.shape[0]) if first is not None else 0
+    arch = _RESNET_SHAPES.get((kind, tuple(blocks), width))
+    if arch is None:
+        raise CheckpointError(f"{path}: not a ResNet trunk we know: {kind} blocks {tuple(blocks)} per stage, "
+                              f"layer1 width {width} (known: {', '.join(sorted(_RESNET_SHAPES.values()))})")
+    return arch
+
+
+def load_swav_state_dict(path: Path, arch: str | None = None) -> dict[str, Tensor]:
     """Reads ResNet trunk weights: an official SwAV checkpoint or any torchvision/timm ResNet state dict.
 
     Accepted layouts: a plain state dict or one under ``state_dict`` / ``model``; keys with or without the
@@ -135,6 +171,8 @@ def load_swav_state_dict(path: Path, arch: str = "resnet50") -> dict[str, Tensor
     or a pretrained detector's ``backbone.body.`` (see :func:`trunk_keys`).
     SwAV's ``projection_head.*`` / ``prototypes.*``, the classifier ``fc.*`` and BN ``num_batches_tracked``
     counters are dropped; other keys outside the trunk's modules are ignored.
+
+    ``arch`` None reads the architecture from the tensors (:func:`resnet_arch_of`).
 
     Returns:
         name -> tensor with exactly the keys of ``arch``'s trunk (torchvision/timm names).
@@ -146,6 +184,7 @@ def load_swav_state_dict(path: Path, arch: str = "resnet50") -> dict[str, Tensor
     state = trunk_keys(load_state_dict_file(path))
     state = {key: value for key, value in state.items()
              if not key.startswith(_HEAD_PREFIXES) and not key.endswith("num_batches_tracked")}
+    arch = arch or resnet_arch_of(state, path)
     expected = _trunk_shapes(arch)
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -174,7 +213,7 @@ def _warn_backbone_teacher() -> None:
 
 def build_teacher(
     checkpoint: Path | None,
-    arch: str = "resnet50",
+    arch: str | None = None,
     stage: Stage = "layer4",
     fallback: Backbone | None = None,
 ) -> FrozenEncoder:
@@ -183,7 +222,8 @@ def build_teacher(
     Args:
         checkpoint: SwAV / torchvision / timm ResNet weights (see :func:`load_swav_state_dict`); every trunk
             tensor up to ``stage`` must be in it, extra keys are ignored.
-        arch: timm ResNet name of the checkpoint (ignored with ``checkpoint=None``).
+        arch: timm ResNet name of the checkpoint; None reads it from the checkpoint's tensors (ignored with
+            ``checkpoint=None``).
         stage: ResNet stage to global-pool.
         fallback: the detector's backbone, used when ``checkpoint`` is None (UP-DETR's choice; for DetReg a
             stand-in when no SwAV file is at hand, with a warning). ``stage`` must be one of its levels.
@@ -199,6 +239,6 @@ def build_teacher(
         _warn_backbone_teacher()
         return FrozenEncoder(copy.deepcopy(fallback.body), stage)
     state = load_swav_state_dict(checkpoint, arch)
-    trunk = resnet_trunk(arch, stage)
+    trunk = resnet_trunk(arch or resnet_arch_of(state, checkpoint), stage)
     trunk.load_state_dict({key: state[key] for key in trunk.state_dict()}, strict=True)
     return FrozenEncoder(trunk, stage)

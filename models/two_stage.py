@@ -51,8 +51,9 @@ def box_position_embedding(boxes: Tensor, num_feats: int, temperature: float = 1
 
 
 class ProposalQuerySelector(nn.Module):
-    """Scores every encoder pixel's proposal with the extra (encoder) heads and turns the top
-    ``num_queries`` into reference boxes and query embeddings."""
+    """Scores every encoder pixel's proposal with the given heads (the detector's last pair: its own with
+    box refinement, otherwise the decoder's shared heads) and turns the top ``num_queries`` into reference
+    boxes and query embeddings."""
 
     def __init__(self, hidden_dim: int, num_queries: int, class_head: nn.Module, box_head: nn.Module) -> None:
         super().__init__()

@@ -13,11 +13,13 @@ a real run with ``--require-cache`` would). Batches are the dataset's augmented 
 Phases of one step, each timed with the library functions `DetRegTask.compute_loss` calls, in its order:
 
 - ``proposals``: the batch's proposal boxes read from the cache (`ProposalProvider.boxes` per image, as
-  the dataset does after decoding an image; normally inside a DataLoader worker);
-- ``crops``: boxes to pixels and `crop_and_resize` (one ``roi_align`` for the whole batch);
+  the dataset does after decoding an image; normally inside a DataLoader worker, which also cuts the
+  teacher crops out of the image, before augmentation, as released);
+- ``crops``: `DetRegTask.teacher_inputs`: the crops to float, the released per-crop augmentation (jitter,
+  greyscale, blur, batched), normalisation;
 - ``teacher``: the frozen teacher embedding every crop (one forward);
 - ``model forward``: the detector plus embedding head;
-- ``loss``: the set criterion (Hungarian matching + terms) and the embedding L1 of every decoder layer;
+- ``loss``: the set criterion (Hungarian matching + terms) and the embedding L1 (`detreg_loss`);
 - ``backward + step``: back-propagation, gradient clipping, the AdamW step.
 
 The *teacher crop path* is ``crops + teacher``; shares are of the sum of all phases. The peer, timed in
@@ -40,21 +42,20 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torchvision
 from PIL import Image
 
 from detr_ssl.benchmarking import backward_and_step, environment, markdown_table, sync, time_interleaved, write_json
-from detr_ssl.config import PretrainConfig, parse_pretrain_args
+from detr_ssl.config import PretrainConfig, parse_pretrain_args, with_backbone_init
 from detr_ssl.datasets import ImageFolderDataset, collate_detection, demo_unlabeled_images, make_train_transforms
 from detr_ssl.datasets.collate import Batch
 from detr_ssl.engine.optim import build_optimizer
-from detr_ssl.losses.matched_features import all_layers_feature_loss
-from detr_ssl.models.crops import crop_and_resize, normalized_cxcywh_to_abs_xyxy
 from detr_ssl.proposals import ProposalDataset, precompute
-from detr_ssl.tasks.detreg import DetRegModel, DetRegTask
+from detr_ssl.tasks.detreg import DetRegModel, DetRegTask, detreg_loss
 
 PHASES = ("proposals", "crops", "teacher", "model forward", "loss", "backward + step")
 TEACHER_CROP_PATH = ("crops", "teacher")
@@ -90,7 +91,13 @@ def pretrain_config(args: argparse.Namespace, size: str, images: Path, output: P
     for flag, value in (("--batch-size", args.batch_size), ("--crop-size", args.crop_size)):
         if value is not None:
             argv += [flag, str(value)]
-    return DetRegTask.configure(parse_pretrain_args(argv))
+    if args.preset == "paper":  # the recipe needs a SwAV ResNet-50 file; random weights time the same
+        weights = output / "random_resnet50.pth"
+        output.mkdir(parents=True, exist_ok=True)
+        torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)
+        argv += ["--teacher-checkpoint", str(weights), "--backbone-init", str(weights)]
+    cfg = parse_pretrain_args(argv)
+    return DetRegTask.configure(replace(cfg, model=with_backbone_init(cfg.model, cfg.backbone_init)))
 
 
 def copy_photos(folder: Path, count: int) -> Path:
@@ -113,7 +120,7 @@ def build_bench(cfg: PretrainConfig, num_batches: int, device: torch.device) -> 
     task.teacher.to(device)
     model.train()
     images = ImageFolderDataset(cfg.data.data)
-    dataset = task.build_dataset(images, make_train_transforms(cfg.data.train_scales, cfg.data.max_size, crop=None))
+    dataset = task.build_dataset(images, make_train_transforms(cfg.data.train_scales, cfg.data.max_size, cfg.data.crop))
     summary = precompute(images.image_paths, dataset.provider.cache, workers=1, progress=False)
     if summary.failed:
         raise RuntimeError(f"proposal precomputation failed: {summary}")
@@ -155,17 +162,14 @@ def phased_loss(bench: Bench, step: StepInputs, lap: Callable[[str], None]) -> t
     for path, image in zip(step.paths, step.images):
         bench.dataset.provider.boxes(path, image)
     lap("proposals")
-    boxes = [normalized_cxcywh_to_abs_xyxy(t["boxes"], t["size"]) for t in batch.targets]
-    crops = crop_and_resize(batch.images, boxes, task.options.crop_size)
+    crops = task.teacher_inputs(batch)
     lap("crops")
-    embeddings = task.teacher(crops).split([len(b) for b in boxes])
+    embeddings = list(task.teacher(crops).split([len(t["boxes"]) for t in batch.targets]))
     lap("teacher")
     output, predicted = bench.model(batch.images, batch.mask)
     lap("model forward")
-    loss = task.criterion(output, batch.targets)
-    embed, _ = all_layers_feature_loss(predicted, list(embeddings), loss.layer_indices, loss.num_boxes, "l1",
-                                       "loss_embedding")
-    total = loss.total + task.options.embedding_weight * embed
+    total = detreg_loss(task.criterion, output, predicted, batch.targets, embeddings,
+                        task.options.embedding_layers, task.options.embedding_weight).total
     lap("loss")
     return total
 

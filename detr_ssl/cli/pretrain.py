@@ -27,7 +27,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         source = cfg.data.data or demo_unlabeled_images()
         images = ImageFolderDataset(source, image_dir=cfg.data.image_dir)
     model = task.build_model()
-    dataset = task.build_dataset(images, make_train_transforms(cfg.data.train_scales, cfg.data.max_size, crop=None))
+    dataset = task.build_dataset(images, make_train_transforms(cfg.data.train_scales, cfg.data.max_size, cfg.data.crop))
     accelerator.print(f"pretraining with {cfg.task} on {len(dataset)} images from {source} "
                       f"({accelerator.num_processes} processes)")
     trainer = Trainer(accelerator, model, task, dataset, cfg.optim, cfg.run, num_workers=cfg.data.num_workers,

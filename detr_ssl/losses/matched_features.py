@@ -1,8 +1,9 @@
 """Feature regression on matched queries, for every decoder layer the set loss matched.
 
-UP-DETR reconstructs each patch's backbone feature (MSE of L2-normalised vectors); DetReg regresses
-each proposal's teacher embedding (L1). Both put the loss on the queries the Hungarian matcher paired
-with a target, in every decoder layer, with that layer's own matching.
+UP-DETR reconstructs each patch's backbone feature (MSE of L2-normalised vectors) on every decoder layer;
+DetReg regresses each proposal's teacher embedding (L1) on the last layer (or, as an option, every layer).
+Both put the loss on the queries the Hungarian matcher paired with a target, each layer with its own
+matching.
 """
 
 from __future__ import annotations
@@ -26,19 +27,20 @@ def layer_of_suffix(suffix: str, num_layers: int) -> int | None:
     return int(index) if index.isdigit() else None
 
 
-def matched_feature_loss(predictions: Tensor, targets: list[Tensor], indices: MatchIndices, num_boxes: float,
-                         kind: FeatureLoss) -> Tensor:
+def matched_feature_loss(predictions: Tensor, targets: list[Tensor], indices: MatchIndices,
+                         num_boxes: float | None, kind: FeatureLoss) -> Tensor:
     """Loss between the predicted features of matched queries and their targets' features.
 
     Args:
         predictions: ``(B, Q, E)`` features predicted by every query.
         targets: per image ``(K_i, E)`` target features.
         indices: per image ``(query_idx, target_idx)`` from the matcher.
-        num_boxes: normaliser (targets in the batch, averaged over processes).
+        num_boxes: normaliser (targets in the batch, averaged over processes); None: the number of matched
+            pairs here, i.e. the mean over matched pairs (DetReg's released reduction; 0 without any pair).
         kind: ``normalized_mse``: squared distance of the L2-normalised vectors, summed over dims (0 for
             parallel features, at most 4); ``l1``: mean absolute difference over dims.
     Returns:
-        scalar: summed over matched pairs / ``num_boxes``.
+        scalar: summed over matched pairs / ``num_boxes`` (or averaged over them).
 
     >>> pred = torch.ones(1, 2, 3); target = [torch.ones(1, 3)]
     >>> float(matched_feature_loss(pred, target, [(torch.tensor([1]), torch.tensor([0]))], 1.0, "l1"))
@@ -54,12 +56,14 @@ def matched_feature_loss(predictions: Tensor, targets: list[Tensor], indices: Ma
         per_pair = (matched - wanted).abs().mean(-1)
     else:
         raise ValueError(f"unknown feature loss {kind!r}")
+    if num_boxes is None:
+        num_boxes = max(len(per_pair), 1)
     return per_pair.sum() / num_boxes
 
 
 def all_layers_feature_loss(predictions: Tensor, targets: list[Tensor], layer_indices: dict[str, MatchIndices],
-                            num_boxes: float, kind: FeatureLoss, name: str) -> tuple[Tensor, dict[str, Tensor]]:
-    """:func:`matched_feature_loss` for every decoder layer in ``layer_indices``.
+                            num_boxes: float | None, kind: FeatureLoss, name: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`matched_feature_loss` for every decoder layer in ``layer_indices`` (the encoder's is skipped).
 
     Args:
         predictions: ``(L, B, Q, E)`` per decoder layer.

@@ -1,8 +1,9 @@
 """Unsupervised box proposals with OpenCV's selective search, as DetReg uses them (PROTOCOLS.md).
 
-The image is squashed to ``resize x resize`` pixels (aspect ratio not kept, as in DetReg), searched, and
-the boxes are scaled back to the original image. Boxes keep the order selective search returns them in,
-and only the first ``top_k`` survive.
+As DetReg's released code runs it: the RGB pixels are squashed to ``resize x resize`` (aspect ratio not
+kept; OpenCV's default bilinear interpolation) and handed to OpenCV as they are (no conversion to the BGR
+order OpenCV's colour spaces assume), searched in fast mode, and the boxes are scaled back to the original
+image. Boxes keep the order selective search returns them in, and only the first ``top_k`` survive.
 
 Determinism: OpenCV ranks regions by ``level * rand()``, using the C library's global ``rand()``. Left
 alone, two runs on the same image return boxes in different orders, so the first ``top_k`` differ. We
@@ -31,10 +32,7 @@ ProposalMode = Literal["fast", "quality"]
 
 #: Bump when the pipeline around OpenCV changes (resize, filtering, seeding): it is part of every
 #: fingerprint, so caches written by an older pipeline become misses instead of silently mixing in.
-ALGORITHM_VERSION = 1
-
-#: Boxes narrower or shorter than this (pixels of the original image) are dropped.
-_MIN_SIDE = 1.0
+ALGORITHM_VERSION = 2
 
 _RAND_LOCK = threading.Lock()
 
@@ -79,15 +77,15 @@ def selective_search_boxes(image: np.ndarray, settings: ProposalSettings = Propo
 
     Returns:
         float32 ``(k, 4)`` boxes ``(x0, y0, x1, y1)`` in pixels of ``image``, ``k <= settings.top_k``, in
-        selective search's order; boxes under one pixel wide or high are left out.
+        selective search's order (every box is at least one pixel of the resized image a side).
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
     height, width = image.shape[:2]
     side = settings.resize
-    small = cv2.resize(np.ascontiguousarray(image), (side, side), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(np.ascontiguousarray(image), (side, side))
     search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
-    search.setBaseImage(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))  # its colour-space conversions assume BGR
+    search.setBaseImage(small)
     if settings.mode == "fast":
         search.switchToSelectiveSearchFast()
     else:
@@ -99,8 +97,7 @@ def selective_search_boxes(image: np.ndarray, settings: ProposalSettings = Propo
     xywh = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
     scale = np.array([width, height, width, height], dtype=np.float64) / side
     xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1) * scale
-    keep = (xyxy[:, 2] - xyxy[:, 0] >= _MIN_SIDE) & (xyxy[:, 3] - xyxy[:, 1] >= _MIN_SIDE)
-    return np.ascontiguousarray(xyxy[keep][: settings.top_k], dtype=np.float32)
+    return np.ascontiguousarray(xyxy[: settings.top_k], dtype=np.float32)
 
 
 def _load_c_srand() -> Callable[[int], None] | None:

@@ -69,7 +69,9 @@ class PretextTask(Task):
 
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
-        """Enforces what the task requires whatever the flags say (e.g. DetReg's frozen backbone)."""
+        """Checks the final config (flags applied) against what the task requires: returns it unchanged, or
+        raises a one-line ConfigError naming the conflicting flags (e.g. UP-DETR with --model.two-stage). It
+        never overrides a flag; a task's preferred values belong in :meth:`defaults`."""
         return config
 
     @abstractmethod

@@ -131,6 +131,9 @@ class DenseClModel(nn.Module):
 
 @register_task("densecl")
 class DenseClTask(BackbonePretextTask):
+    #: The released DenseCL's (MoCo v2's) ColorJitter(0.4, 0.4, 0.4, 0.1), half SwAV's strength.
+    color_strength = 0.5
+
     @classmethod
     def defaults(cls, config: PretrainConfig) -> PretrainConfig:
         if config.preset != "demo":

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from detr_ssl.config import PretrainConfig
 from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.collate import Batch
+from detr_ssl.errors import ConfigError
 from detr_ssl.losses.pair_criterion import build_pair_criterion
 from detr_ssl.losses.set_criterion import LossOutput
 from detr_ssl.models.pair_detr import PairDETR
@@ -27,9 +28,17 @@ from detr_ssl.tasks.detreg import proposal_dataset
 @register_task("pairdetr")
 class PairDetrTask(PretextTask):
     @classmethod
+    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
+        """Backbone frozen by default, as in DetReg (the proposals are the same kind of targets)."""
+        return replace(config, model=replace(config.model, train_backbone=False))
+
+    @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
-        """Backbone frozen as in DetReg (the proposals are the same kind of targets); no two-stage."""
-        return replace(config, model=replace(config.model, train_backbone=False, two_stage=False))
+        """Rejects two-stage queries, which Pair DETR's learnt corner and center queries cannot be."""
+        if config.model.two_stage:
+            raise ConfigError("--task pairdetr learns its corner and center queries and cannot take two-stage "
+                              "queries; drop --model.two-stage")
+        return config
 
     def __init__(self, config: PretrainConfig) -> None:
         super().__init__(config)

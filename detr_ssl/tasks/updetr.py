@@ -1,8 +1,8 @@
 """UP-DETR on Deformable DETR: detect random query patches (Dai et al., CVPR 2021).
 
-Per image, ``num_patches`` random crops are encoded by the detector's own *frozen* backbone (global
-pooled). Each patch feature (with dimension dropout) is projected and added to its group of
-``queries_per_patch`` decoder queries; a block-diagonal self-attention mask keeps the groups apart.
+Per image, ``num_patches`` random crops are encoded by the detector's own backbone (frozen by default;
+global pooled, no gradient). Each patch feature is projected and added to its group of
+``num_queries // num_patches`` decoder queries (each query's left out with probability 0.1 in training); a block-diagonal self-attention mask keeps the groups apart.
 Targets are the patch boxes, class-agnostic (one sigmoid logit = match / no object, with the no-object
 loss down-weighted), and every decoder layer also reconstructs the matched patch's feature.
 """
@@ -21,10 +21,12 @@ from detr_ssl.box_ops import xyxy_to_cxcywh
 from detr_ssl.config import PretrainConfig
 from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.collate import Batch
+from detr_ssl.errors import ConfigError
 from detr_ssl.losses import LossOutput, build_criterion
 from detr_ssl.losses.matched_features import all_layers_feature_loss
 from detr_ssl.models.crops import crop_and_resize
 from detr_ssl.models.deformable_detr import DeformableDETR, build_model
+from detr_ssl.models.heads import MLP
 from detr_ssl.models.outputs import DetectionOutput
 from detr_ssl.tasks import register_task
 from detr_ssl.tasks.base import PretextTask
@@ -55,51 +57,79 @@ def group_attention_mask(groups: Tensor) -> Tensor:
 
 
 class UpDetrModel(nn.Module):
-    """Deformable DETR + patch-feature projection (into the queries) + feature reconstruction head."""
+    """Deformable DETR + patch-feature projection (into the queries) + feature reconstruction head.
 
-    def __init__(self, detector: DeformableDETR, feature_dim: int, feature_dropout: float) -> None:
+    As released: in training, each query's patch feature is left out (zeroed, no rescaling) with
+    probability ``mask_ratio``; the reconstruction head is a 2-layer MLP.
+    """
+
+    def __init__(self, detector: DeformableDETR, feature_dim: int, mask_ratio: float) -> None:
         super().__init__()
         self.detector = detector
-        self.feature_dropout = nn.Dropout(feature_dropout)
+        self.mask_ratio = mask_ratio
         self.patch_projection = nn.Linear(feature_dim, detector.hidden_dim)
-        self.reconstruction = nn.Linear(detector.hidden_dim, feature_dim)
+        self.reconstruction = MLP(detector.hidden_dim, detector.hidden_dim, feature_dim, 2)
 
     @torch.no_grad()
     def encode_patches(self, crops: Tensor) -> Tensor:
-        """``(N, 3, S, S)`` -> ``(N, F)``: the detector's frozen backbone, deepest stage, global pooled."""
+        """``(N, 3, S, S)`` -> ``(N, F)``: the detector's backbone (no gradient), deepest stage, global pooled."""
         return self.detector.backbone.body(crops)[-1].mean(dim=(-2, -1))
 
     def forward(self, images: Tensor, mask: Tensor, patch_features: Tensor, groups: Tensor
                 ) -> tuple[DetectionOutput, Tensor]:
         """patch_features ``(B, P, F)``, groups ``(Q,)`` -> detections and reconstructed features
         ``(L_dec, B, Q, F)``."""
-        projected = self.patch_projection(self.feature_dropout(patch_features))
-        output = self.detector(images, mask, query_extra=projected[:, groups],
+        per_query = self.patch_projection(patch_features)[:, groups]
+        if self.training and self.mask_ratio > 0:
+            kept = torch.rand(per_query.shape[:2], device=per_query.device) > self.mask_ratio
+            per_query = per_query * kept[..., None].to(per_query.dtype)
+        output = self.detector(images, mask, query_extra=per_query,
                                self_attn_mask=group_attention_mask(groups).to(images.device))
         return output, self.reconstruction(output.hidden_states)
+
+
+#: Queries per patch behind the presets' query count (the released UP-DETR: 100 queries, 10 patches).
+DEFAULT_QUERIES_PER_PATCH = 10
 
 
 @register_task("updetr")
 class UpDetrTask(PretextTask):
     @classmethod
-    def configure(cls, config: PretrainConfig) -> PretrainConfig:
-        """Query count = patches x queries per patch; backbone frozen; the paper's lr 1e-4, drop at 40 of 60."""
-        up = config.updetr
-        model = replace(config.model, num_queries=up.num_patches * up.queries_per_patch, train_backbone=False,
-                        two_stage=False)
+    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
+        """Frozen backbone, 10 queries per patch and, on the paper preset, lr 1e-4 for 60 epochs with the
+        drop at 40 (the released UP-DETR's schedule); every one of them yields to its flag."""
+        model = replace(config.model, train_backbone=False,
+                        num_queries=config.updetr.num_patches * DEFAULT_QUERIES_PER_PATCH)
         if config.preset == "paper":
             config = replace(config, optim=replace(config.optim, lr=1e-4, epochs=60, lr_drop=40))
         return replace(config, model=model)
 
+    @classmethod
+    def configure(cls, config: PretrainConfig) -> PretrainConfig:
+        """Rejects what UP-DETR cannot run: two-stage queries (the patch features are added to the learnt
+        queries) and a query count that the patches do not divide evenly."""
+        if config.model.two_stage:
+            raise ConfigError("--task updetr adds patch features to the learnt queries, which two-stage "
+                              "queries replace; drop --model.two-stage")
+        queries, patches = config.model.num_queries, config.updetr.num_patches
+        if patches < 1:
+            raise ConfigError(f"--updetr.num-patches must be positive, got {patches}")
+        if queries % patches:
+            raise ConfigError(f"--task updetr splits the queries evenly among the patches: --model.num-queries "
+                              f"{queries} is not a multiple of --updetr.num-patches {patches}")
+        return config
+
     def __init__(self, config: PretrainConfig) -> None:
         super().__init__(config)
         self.options = config.updetr
+        #: Decoder queries per patch, as the released UP-DETR derives them (num_queries // num_patches).
+        self.queries_per_patch = config.model.num_queries // config.updetr.num_patches
         self.criterion = build_criterion(1, config.loss, no_object_weight=self.options.no_object_weight)
 
     def build_model(self) -> UpDetrModel:
         detector = build_model(self.config.model, num_classes=1)
         feature_dim = detector.backbone.channels[-1]
-        return UpDetrModel(detector, feature_dim, self.options.feature_dropout)
+        return UpDetrModel(detector, feature_dim, self.options.mask_ratio)
 
     def build_dataset(self, images: ImageFolderDataset, transforms) -> Dataset:
         dataset = copy.copy(images)
@@ -118,7 +148,7 @@ class UpDetrTask(PretextTask):
              "labels": torch.zeros(len(boxes), dtype=torch.int64, device=batch.images.device)}
             for boxes, (h, w) in zip(patch_boxes, sizes.tolist())
         ]
-        groups = query_groups(opts.num_patches, opts.queries_per_patch, opts.query_shuffle)
+        groups = query_groups(opts.num_patches, self.queries_per_patch, opts.query_shuffle)
         output, reconstructed = model(batch.images, batch.mask, features, groups)
         loss = self.criterion(output, targets)
         recon, recon_terms = all_layers_feature_loss(reconstructed, list(features), loss.layer_indices,

@@ -23,8 +23,8 @@ other half of the reference's cost. With ``g`` the output gradient:
 
 On 2 CPU cores at Deformable DETR's encoder size (5,440 queries, 8 heads x 32, 4 levels x 4 points) this
 is about 5x faster than the reference forward and 3x forward+backward, at 1/5 and 1/2 of its peak
-memory (``scripts/bench_msda.py``). It is the same math on CUDA, where mmcv's fused kernel, if
-installed, is faster still.
+memory (``scripts/bench_msda.py``). It is the same math on CUDA, where mmcv's fused kernel is the usual
+choice (neither has been timed on a GPU here).
 
 Shapes: ``N`` batch, ``S`` pixels of all levels, ``M`` heads, ``D`` channels per head, ``Lq`` queries,
 ``L`` levels, ``P`` points; ``B = N * Lq * M`` output rows, ``K = L * P`` points per output row.

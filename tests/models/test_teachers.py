@@ -234,3 +234,23 @@ def test_bad_checkpoint_raises_checkpoint_error_naming_the_file(tmp_path: Path, 
     with pytest.raises(CheckpointError, match=reason) as error:
         build_teacher(path, arch="resnet18")
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2"])
+def test_the_architecture_is_read_from_the_tensors(arch: str) -> None:
+    with torch.device("meta"):
+        state = getattr(torchvision.models, arch)(weights=None).state_dict()
+    assert teachers.resnet_arch_of(state) == arch
+
+
+def test_a_teacher_file_says_what_it_is(swav_file: SwavFile, tmp_path: Path) -> None:
+    assert build_teacher(swav_file.path, stage="layer2").dim == 512  # no arch given: read as resnet50
+    small = tmp_path / "resnet18.pth"
+    torch.save({f"module.{k}": v for k, v in torchvision.models.resnet18(weights=None).state_dict().items()}, small)
+    assert build_teacher(small, stage="layer2").dim == 128 and build_teacher(small, stage="layer4").dim == 512
+    with pytest.raises(CheckpointError, match="not a resnet50 checkpoint"):
+        build_teacher(small, "resnet50")  # an explicit arch is still checked
+    odd = tmp_path / "odd.pth"
+    torch.save({"layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3), "layer2.0.conv1.weight": torch.zeros(1)}, odd)
+    with pytest.raises(CheckpointError, match=r"odd\.pth: not a ResNet trunk we know: basic blocks \(1, 1, 0, 0\)"):
+        build_teacher(odd)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from detr_ssl.datasets import read_rgb_image
 from detr_ssl.errors import ConfigError
-from detr_ssl.proposals import ProposalSettings, selective_search_boxes
+from detr_ssl.proposals import ProposalSettings, selective_search, selective_search_boxes
 
 
 def _photo(demo_photos: Path, name: str = "astronaut.jpg") -> np.ndarray:
@@ -45,16 +46,31 @@ def test_result_is_deterministic_and_a_prefix_of_a_larger_top_k(demo_photos: Pat
     np.testing.assert_array_equal(first, selective_search_boxes(image, ProposalSettings(top_k=100))[:30])
 
 
-def test_sub_pixel_boxes_of_a_tiny_image_are_dropped() -> None:
+def test_search_runs_as_released_on_the_rgb_array_resized_bilinearly(demo_photos: Path) -> None:
+    """DetReg's loader hands OpenCV the RGB array as loaded, resized with cv2's default (bilinear)
+    interpolation; boxes are scaled back and cut to the first top_k, sub-pixel ones included."""
+    image = _photo(demo_photos, "coins_crop0.png")
+    height, width = image.shape[:2]
+    search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+    search.setBaseImage(cv2.resize(image, (128, 128), interpolation=cv2.INTER_LINEAR))
+    search.switchToSelectiveSearchFast()
+    selective_search._c_srand(0)
+    rects = search.process().astype(np.float64)
+    expected = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1) * np.array(
+        [width, height, width, height]) / 128
+    np.testing.assert_allclose(selective_search_boxes(image), expected[:30], rtol=1e-6)
+
+
+def test_tiny_images_keep_their_sub_pixel_boxes() -> None:
     noise = np.random.default_rng(0).integers(0, 256, size=(12, 10, 3), dtype=np.uint8)
     boxes = selective_search_boxes(noise, ProposalSettings(top_k=1000))
-    assert (boxes[:, 2:] - boxes[:, :2] >= 1).all()
-    assert len(boxes) > 0
+    sides = boxes[:, 2:] - boxes[:, :2]
+    assert (sides > 0).all() and (sides < 1).any()
 
 
 def test_fingerprint_is_stable_and_names_every_setting() -> None:
     default = ProposalSettings()
-    assert default.fingerprint() == "ss1-fast-128px-top30-seed0"  # changing it orphans every existing cache
+    assert default.fingerprint() == "ss2-fast-128px-top30-seed0"  # changing it orphans every existing cache
     variants = [replace(default, resize=64), replace(default, top_k=10), replace(default, mode="quality"),
                 replace(default, seed=1)]
     assert len({default.fingerprint(), *(v.fingerprint() for v in variants)}) == 5

@@ -69,7 +69,10 @@ def test_the_swav_detreg_finetune_chain(tmp_path: Path, demo_photos: Path, small
     assert "(2 processes)" in result.stdout
     layout = swav / "backbone_swav_layout.pth"
     detreg = tmp_path / "detreg"
+    # The paper preset (--data) with the ResNet-18 export as teacher: its architecture is read from the file.
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain.py"), "--task", "detreg",
+                             "--data", str(demo_photos), "--model-size", "tiny", "--batch-size", "2",
+                             "--num-workers", "0", "--crop", "48", "96",
                              "--teacher-checkpoint", str(layout), "--backbone-init", str(layout), "--max-steps", "2",
                              "--max-size", "96", "--train-scales", "96", "--output-dir", str(detreg)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from detr_ssl.box_ops import cxcywh_to_xyxy
 from detr_ssl.losses.matched_features import all_layers_feature_loss, matched_feature_loss
-from detr_ssl.tasks.updetr import group_attention_mask, query_groups, sample_patches
+from detr_ssl.models.heads import MLP
+from detr_ssl.models.outputs import DetectionOutput
+from detr_ssl.tasks.updetr import UpDetrModel, group_attention_mask, query_groups, sample_patches
 
 
 def test_patches_lie_inside_each_image_and_respect_the_minimum_side() -> None:
@@ -93,3 +96,30 @@ def test_feature_loss_covers_every_matched_decoder_layer() -> None:
     assert set(terms) == {"loss_x", "loss_x_0", "loss_x_1"}  # the encoder has no decoder features
     assert torch.isclose(total, sum(terms.values()))
     assert torch.isclose(terms["loss_x"], matched_feature_loss(predictions[2], targets, [match], 2.0, "l1"))
+
+
+class _RecordingDetector(nn.Module):
+    """Stands in for the detector: records the per-query additions UP-DETR hands it."""
+
+    hidden_dim = 8
+
+    def forward(self, images, mask, query_extra, self_attn_mask):
+        self.query_extra = query_extra
+        hidden = torch.zeros(2, *query_extra.shape)
+        return DetectionOutput(logits=hidden[-1, ..., :1], boxes=hidden[-1, ..., :4], hidden_states=hidden)
+
+
+def test_query_patches_are_masked_per_query_in_training_only() -> None:
+    """As released: each query's patch feature is zeroed with probability mask_ratio, never rescaled."""
+    torch.manual_seed(0)
+    model = UpDetrModel(_RecordingDetector(), feature_dim=6, mask_ratio=0.1)
+    features, groups = torch.randn(50, 4, 6), query_groups(4, 10, shuffle=False)
+    expected = model.patch_projection(features)[:, groups]
+    model.train()(torch.zeros(50, 3, 8, 8), torch.zeros(50, 8, 8, dtype=torch.bool), features, groups)
+    added = model.detector.query_extra
+    zeroed = (added == 0).all(dim=-1)
+    assert abs(float(zeroed.float().mean()) - 0.1) < 0.02
+    torch.testing.assert_close(added[~zeroed], expected[~zeroed])  # the others unchanged: no rescaling
+    model.eval()(torch.zeros(50, 3, 8, 8), torch.zeros(50, 8, 8, dtype=torch.bool), features, groups)
+    torch.testing.assert_close(model.detector.query_extra, expected)
+    assert isinstance(model.reconstruction, MLP) and len(model.reconstruction.layers) == 2
