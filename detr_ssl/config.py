@@ -294,6 +294,10 @@ class DetRegConfig:
     crop_size: int = 128
     """Side of the teacher crops (cut from the image before augmentation, as released)."""
     embedding_weight: float = 1.0
+    num_classes: int = 1
+    """Logits of the pseudo-box class head: 1, one class-agnostic logit (ours; the head is dropped at
+    fine-tuning either way), or 91, the released head with every pseudo-box labelled 1 (to continue from or
+    evaluate a released DETReg checkpoint with all its tensors)."""
 
 
 @dataclass(frozen=True)
@@ -307,6 +311,9 @@ class MultiCropConfig:
     global_scale: tuple[float, float] = (0.14, 1.0)
     """Area range of a global crop, as a fraction of the image."""
     local_scale: tuple[float, float] = (0.05, 0.14)
+    color_strength: float = 1.0
+    """Colour distortion strength s of every view: ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) with p=0.8
+    (released SwAV: 1.0; DenseCL, as MoCo v2: 0.5)."""
 
 
 @dataclass(frozen=True)

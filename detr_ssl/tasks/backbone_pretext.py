@@ -35,11 +35,11 @@ def build_trunk(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0)
 
 
-def crop_specs(crops: MultiCropConfig, color_strength: float = 1.0) -> list[CropSpec]:
+def crop_specs(crops: MultiCropConfig) -> list[CropSpec]:
     """The views of one sample: the global crops first, then the local ones, all with the same colour
     distortion and blur (the released SwAV's: strength 1, blur with probability 0.5 on every crop)."""
-    global_view = CropSpec(crops.global_size, crops.global_scale, color_strength=color_strength)
-    local_view = CropSpec(crops.local_size, crops.local_scale, color_strength=color_strength)
+    global_view = CropSpec(crops.global_size, crops.global_scale, color_strength=crops.color_strength)
+    local_view = CropSpec(crops.local_size, crops.local_scale, color_strength=crops.color_strength)
     return [global_view] * crops.num_global + [local_view] * crops.num_local
 
 
@@ -58,8 +58,6 @@ class BackbonePretextTask(PretextTask):
     collate_fn = staticmethod(collate_views)
     #: Key prefix of the trunk in the official SwAV layout (DDP's wrapper).
     layout_prefix: ClassVar[str] = "module."
-    #: Colour distortion strength of the views (:class:`~detr_ssl.datasets.multicrop.CropSpec`).
-    color_strength: ClassVar[float] = 1.0
 
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
@@ -70,7 +68,7 @@ class BackbonePretextTask(PretextTask):
 
     def build_dataset(self, images: ImageFolderDataset, transforms=None) -> Dataset:
         """Multi-crop views of ``images``; the detection ``transforms`` do not apply to a backbone pretext."""
-        return MultiCropDataset(images, crop_specs(self.config.crops, self.color_strength))
+        return MultiCropDataset(images, crop_specs(self.config.crops))
 
     def layout_heads(self, model: nn.Module) -> dict[str, Tensor]:
         """Pretext heads to store beside the trunk in the SwAV-layout file (names without the prefix)."""

@@ -131,15 +131,15 @@ class DenseClModel(nn.Module):
 
 @register_task("densecl")
 class DenseClTask(BackbonePretextTask):
-    #: The released DenseCL's (MoCo v2's) ColorJitter(0.4, 0.4, 0.4, 0.1), half SwAV's strength.
-    color_strength = 0.5
-
     @classmethod
     def defaults(cls, config: PretrainConfig) -> PretrainConfig:
+        """MoCo v2's views as released (two global crops, ColorJitter(0.4, 0.4, 0.4, 0.1): strength 0.5)."""
         if config.preset != "demo":
-            return replace(config, crops=MultiCropConfig(global_size=224, num_local=0, global_scale=(0.2, 1.0)))
+            return replace(config, crops=MultiCropConfig(global_size=224, num_local=0, global_scale=(0.2, 1.0),
+                                                         color_strength=0.5))
         config = demo_backbone_defaults(
-            config, MultiCropConfig(global_size=64, local_size=32, num_local=0, global_scale=(0.2, 1.0)))
+            config, MultiCropConfig(global_size=64, local_size=32, num_local=0, global_scale=(0.2, 1.0),
+                                    color_strength=0.5))
         # A queue as long as the 32 demo photos holds the previous epoch, one key per photo. With 256 it
         # holds 8 keys of every photo (false negatives), and the loss did not fall in the demo's 200 steps.
         return replace(config, densecl=replace(config.densecl, feature_dim=64, hidden_dim=256, queue_length=32,

@@ -107,6 +107,8 @@ class DetRegTask(PretextTask):
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
         """The paper preset trains against real weights, never a random network."""
+        if config.detreg.num_classes < 1:
+            raise ConfigError(f"--num-classes must be at least 1, got {config.detreg.num_classes}")
         if config.preset == "paper":
             missing = [flag for flag, value in (("--teacher-checkpoint", config.detreg.teacher_checkpoint),
                                                 ("--backbone-init", config.model.backbone_weights)) if value is None]
@@ -118,12 +120,14 @@ class DetRegTask(PretextTask):
     def __init__(self, config: PretrainConfig) -> None:
         super().__init__(config)
         self.options = config.detreg
-        self.criterion = build_criterion(1, config.loss)
+        self.criterion = build_criterion(self.options.num_classes, config.loss)
+        #: Pseudo-boxes are class 0 of a one-logit head, class 1 of the released 91-logit head.
+        self.pseudo_label = 0 if self.options.num_classes == 1 else 1
         self.teacher: FrozenEncoder | None = None
         self.augment = CropAugmentation() if self.options.teacher_augment else None
 
     def build_model(self) -> DetRegModel:
-        detector = build_model(self.config.model, num_classes=1)
+        detector = build_model(self.config.model, num_classes=self.options.num_classes)
         self.teacher = build_teacher(self.options.teacher_checkpoint, self.options.teacher_arch,
                                      self.options.teacher_stage, fallback=detector.backbone)
         return DetRegModel(detector, self.teacher.dim)
@@ -150,5 +154,7 @@ class DetRegTask(PretextTask):
     def compute_loss(self, model: nn.Module, batch: Batch) -> LossOutput:
         embeddings = self.teacher_embeddings(batch)
         output, predicted = model(batch.images, batch.mask)
-        return detreg_loss(self.criterion, output, predicted, batch.targets, embeddings,
+        targets = [{**target, "labels": torch.full_like(target["labels"], self.pseudo_label)}
+                   for target in batch.targets]
+        return detreg_loss(self.criterion, output, predicted, targets, embeddings,
                            self.options.embedding_layers, self.options.embedding_weight)

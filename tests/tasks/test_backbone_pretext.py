@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from detr_ssl.cli.pretrain import pretrain
-from detr_ssl.config import MultiCropConfig, demo_pretrain, with_backbone_init
+from detr_ssl.config import MultiCropConfig, demo_pretrain, parse_pretrain_args, with_backbone_init
 from detr_ssl.engine.checkpoint import load_pretrained
 from detr_ssl.models.config import model_preset
 from detr_ssl.models.deformable_detr import build_model
 from detr_ssl.models.teachers import build_teacher, load_swav_state_dict
 from detr_ssl.tasks import TASKS
-from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, BackbonePretextTask
+from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, BackbonePretextTask, crop_specs
 
 BACKBONE_TASKS = sorted(name for name, cls in TASKS.items() if issubclass(cls, BackbonePretextTask))
 
@@ -103,3 +103,14 @@ def test_a_backbone_pretext_refuses_a_single_global_crop(four_photos: Path, tmp_
     cfg = replace(demo_pretrain(), task=BACKBONE_TASKS[0], crops=MultiCropConfig(num_global=1))
     with pytest.raises(ConfigError, match="2 global crops"):
         pretrain(cfg)
+
+
+@pytest.mark.parametrize("preset", ["demo", "paper"])
+def test_colour_strength_is_each_released_codes_and_a_flag_wins(preset: str) -> None:
+    strength = {task: parse_pretrain_args(["--task", task, "--preset", preset]).crops.color_strength
+                for task in ("swav", "densecl")}
+    assert strength == {"swav": 1.0, "densecl": 0.5}
+    flagged = parse_pretrain_args(["--task", "densecl", "--preset", preset, "--crops.color-strength", "0.8"])
+    assert flagged.crops.color_strength == 0.8
+    specs = crop_specs(flagged.crops)
+    assert {spec.color_strength for spec in specs} == {0.8}

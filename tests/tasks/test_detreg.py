@@ -193,3 +193,23 @@ def test_paper_preset_refuses_to_train_against_random_weights(flags: list[str], 
         get_task("detreg").configure(cfg)
     demo = parse_pretrain_args(["--task", "detreg"])
     assert get_task("detreg").configure(demo) == demo
+
+
+def test_the_released_91_logit_head_is_an_option(tmp_path: Path, demo_photos: Path) -> None:
+    """--num-classes 91: the released head, pseudo-boxes labelled 1 (their matched logit is pushed up)."""
+    task = _demo_task(tmp_path, "--num-classes", "91", "--data", str(demo_photos), "--preset", "demo",
+                      "--train-scales", "64", "--max-size", "64", "--crop-size", "32")
+    model = task.build_model()
+    dataset = task.build_dataset(ImageFolderDataset(demo_photos), ToTensor())
+    batch = collate_detection([dataset[0], dataset[1]])
+    output, predicted = model(batch.images, batch.mask)
+    assert output.logits.shape[-1] == 91
+    logits = output.logits.detach().requires_grad_(True)
+    loss = detreg_loss(task.criterion, replace(output, logits=logits, aux=[]), predicted[-1:].detach(),
+                       [{**t, "labels": torch.ones_like(t["labels"])} for t in batch.targets],
+                       task.teacher_embeddings(batch))
+    loss.total.backward()
+    matched = torch.cat([q for q, _ in loss.indices])
+    batch_index = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(loss.indices)])
+    assert (logits.grad[batch_index, matched, 1] < 0).all()  # descending the loss raises class 1
+    assert torch.isfinite(task.compute_loss(model, batch).total)
