@@ -127,6 +127,9 @@ def nan_on_one_rank(out_dir: Path, mode: str) -> int:
     result.update(skipped=trainer.skipped_batches, step=trainer.progress.step,
                   params=[float(v) for p in model.parameters() for v in p.detach().flatten()])
     (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
+    # Shut the process group down before exiting: left to the interpreter's teardown after a stopped run,
+    # gloo's threads were once seen to abort the process ("terminate called without an active exception").
+    accelerator.end_training()
     return 0
 
 
