@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CropAugmentation", "adjust_hue", "color_jitter", "gaussian_blur", "grayscale"]
+__all__ = ["BLUR_SIGMA", "CropAugmentation", "adjust_hue", "color_jitter", "gaussian_blur", "grayscale"]
+
+#: Range of the blur's standard deviation in pixels (SimCLR's, kept by SwAV, MoCo v2 / DenseCL and DetReg).
+BLUR_SIGMA = (0.1, 2.0)
 
 _LUMA = (0.2989, 0.587, 0.114)
 
@@ -156,7 +159,7 @@ class CropAugmentation:
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
     blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: tuple[float, float] = BLUR_SIGMA
 
     def __call__(self, crops: Tensor) -> Tensor:
         n = crops.shape[0]

@@ -19,13 +19,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from detr_ssl.datasets.crop_augment import BLUR_SIGMA
 from detr_ssl.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["BLUR_SIGMA", "CropSpec", "MultiCropDataset", "PilGaussianBlur", "Views", "collate_views",
            "view_transform"]
-
-#: Range of the blur's standard deviation in pixels (SimCLR's, kept by SwAV and DenseCL).
-BLUR_SIGMA = (0.1, 2.0)
 
 
 @dataclass(frozen=True)

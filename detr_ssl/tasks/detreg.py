@@ -42,7 +42,7 @@ def proposal_dataset(config: PretrainConfig, images: ImageFolderDataset, transfo
                      crop_size: int | None = None) -> ProposalDataset:
     """Unlabeled images whose targets are their cached selective-search proposals (class 0); the cache
     and proposal settings are the ``--proposal-*`` options (default cache: OUTPUT/proposals). With
-    ``--proposal-draws N``, N seeds (``--seed``.. ``--seed + N - 1``), each its own cache entry.
+    ``--proposal-draws N``, selective search seeds 0 .. N - 1, each its own cache entry.
     Images with fewer than 2 proposals are replaced by random others, as released."""
     options = config.detreg
     if options.proposal_draws < 1:
@@ -85,8 +85,9 @@ def detreg_loss(criterion: SetCriterion, output: DetectionOutput, predicted_embe
         dimensions (the released reduction; 0 when nothing is matched).
     """
     loss = criterion(output, targets)
+    # all_layers_feature_loss skips the two-stage encoder's "_enc" entry itself.
     layers = {suffix: indices for suffix, indices in loss.layer_indices.items()
-              if suffix == "" or (embedding_layers == "all" and suffix != "_enc")}
+              if embedding_layers == "all" or suffix == ""}
     embed, embed_terms = all_layers_feature_loss(predicted_embeddings, target_embeddings, layers, None, "l1",
                                                  "loss_embedding")
     return replace(loss, total=loss.total + embedding_weight * embed, terms={**loss.terms, **embed_terms})

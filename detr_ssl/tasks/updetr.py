@@ -2,7 +2,8 @@
 
 Per image, ``num_patches`` random crops are encoded by the detector's own backbone (frozen by default;
 global pooled, no gradient). Each patch feature is projected and added to its group of
-``num_queries // num_patches`` decoder queries (each query's left out with probability 0.1 in training); a block-diagonal self-attention mask keeps the groups apart.
+``num_queries // num_patches`` decoder queries (each query's left out with probability 0.1 in training);
+a block-diagonal self-attention mask keeps the groups apart.
 Targets are the patch boxes, class-agnostic (one sigmoid logit = match / no object, with the no-object
 loss down-weighted), and every decoder layer also reconstructs the matched patch's feature.
 """
