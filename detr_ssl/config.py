@@ -1,8 +1,8 @@
-"""Typed run configuration: the single source of truth for every script's flags.
+"""Typed run configuration: the options every script shares, as dataclasses tyro turns into flags.
 
-Two presets set every default at once: ``paper`` (the published Deformable DETR recipe, PROTOCOLS.md)
-and ``demo`` (the tiny model on the embedded demo data, minutes on a laptop CPU). Scripts derive their
-command line from these dataclasses with tyro; nothing else parses arguments.
+Two presets set every default at once: ``paper`` (the published Deformable DETR recipe, docs/PROTOCOLS.md)
+and ``demo`` (the tiny model on the embedded demo data, minutes on a laptop CPU). A pretext task adds its
+own option groups to :class:`PretrainConfig` (``detr_ssl.tasks``); this module never imports the tasks.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def demo_finetune() -> FinetuneConfig:
 FINETUNE_PRESETS: dict[str, Callable[[], FinetuneConfig]] = {"paper": paper_finetune, "demo": demo_finetune}
 
 
-def _flag_value(argv: list[str], flag: str) -> str | None:
+def flag_value(argv: list[str], flag: str) -> str | None:
     """The value given to ``flag`` (``--flag v`` or ``--flag=v``), if any."""
     for i, arg in enumerate(argv):
         if arg == flag and i + 1 < len(argv):
@@ -186,7 +186,7 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def _parse_with_presets(config_cls: type, presets: dict[str, Callable[[], Any]], data_flag: str,
+def parse_with_presets(config_cls: type, presets: dict[str, Callable[[], Any]], data_flag: str,
                         argv: list[str], adjust: Callable[[Any], Any] | None = None) -> Any:
     """Builds a config from the command line: preset defaults first, then the flags given.
 
@@ -195,9 +195,9 @@ def _parse_with_presets(config_cls: type, presets: dict[str, Callable[[], Any]],
     falls through to tyro, which rejects it with its usual message. ``adjust`` then edits those defaults
     (a pretext task's own batch size, epochs, ...), still before the flags apply.
     """
-    preset = _flag_value(argv, "--preset") or ("paper" if _flag_value(argv, data_flag) else "demo")
+    preset = flag_value(argv, "--preset") or ("paper" if flag_value(argv, data_flag) else "demo")
     default = presets.get(preset, presets["paper"])()
-    size = _flag_value(argv, "--model-size")
+    size = flag_value(argv, "--model-size")
     if size in MODEL_PRESETS:
         model = replace(model_preset(size), train_backbone=default.model.train_backbone)
         default = replace(default, model_size=size, model=model)
@@ -207,7 +207,7 @@ def _parse_with_presets(config_cls: type, presets: dict[str, Callable[[], Any]],
 
 
 def parse_finetune_args(argv: list[str]) -> FinetuneConfig:
-    return _parse_with_presets(FinetuneConfig, FINETUNE_PRESETS, "--train-json", argv)
+    return parse_with_presets(FinetuneConfig, FINETUNE_PRESETS, "--train-json", argv)
 
 
 def to_plain(obj: Any) -> Any:
@@ -240,130 +240,17 @@ class PretrainDataConfig:
 
 
 @dataclass(frozen=True)
-class UpDetrConfig:
-    """UP-DETR random query patches (Dai et al., 2021)."""
-
-    num_patches: int = 10
-    """Random patches per image. The decoder's --model.num-queries are split evenly among them (num_queries /
-    num_patches each, which must be a whole number, as in the released UP-DETR). The presets give 100 queries
-    for 10 patches (paper) and 30 for 3 (demo); changing only this flag keeps the preset's query count and
-    changes the queries per patch."""
-    min_patch_size: int = 8
-    """Smallest patch side in pixels."""
-    patch_size: int = 128
-    """Side the patches are resized to before the frozen backbone encodes them."""
-    mask_ratio: float = 0.1
-    """Probability that a query's patch feature is left out during pretraining (the released code's
-    query-patch masking: zeroed, not rescaled)."""
-    query_shuffle: bool = False
-    no_object_weight: float = 0.1
-    reconstruction_weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class DetRegConfig:
-    """DetReg: selective-search pseudo-boxes + embeddings aligned to a frozen teacher (Bar et al., 2022).
-
-    Defaults are what the released code (amirbar/DETReg, configs/DETReg_top30_*.sh) does; docs/PROTOCOLS.md
-    lists every deliberate difference."""
-
-    teacher_checkpoint: Path | None = None
-    """Teacher weights: the SwAV ResNet-50 (swav_800ep_pretrain.pth.tar, official layout), a timm/torchvision
-    ResNet state dict or a backbone pretext's export. Required by the paper preset; the demo falls back to
-    the detector's own frozen backbone."""
-    teacher_arch: str | None = None
-    """timm ResNet name of --teacher-checkpoint (default: read from the checkpoint's tensors)."""
-    teacher_stage: Literal["layer2", "layer4"] = "layer2"
-    """Teacher features, spatially averaged: layer2 (512-d for ResNet-50, the released default) or layer4
-    (2048-d, the paper's description)."""
-    teacher_augment: bool = True
-    """Augment each teacher crop as released: colour jitter (0.4, 0.4, 0.4, 0.1) p=0.8, greyscale p=0.2,
-    Gaussian blur sigma 0.1-2 p=0.5."""
-    embedding_layers: Literal["last", "all"] = "last"
-    """Decoder layers that carry the embedding loss: the last (released) or every layer."""
-    proposal_cache: Path | None = None
-    """Proposal cache folder (scripts/precompute_proposals.py); default: OUTPUT/proposals."""
-    require_cache: bool = False
-    """Fail instead of computing proposals missing from the cache."""
-    proposal_resize: int = 128
-    proposal_top_k: int = 30
-    proposal_draws: int = 1
-    """Different seeded top-k draws of selective search per image, each cached; every load picks one at
-    random. The released code reruns selective search at each load (a new draw every epoch); 1 keeps one
-    fixed draw per image."""
-    crop_size: int = 128
-    """Side of the teacher crops (cut from the image before augmentation, as released)."""
-    embedding_weight: float = 1.0
-    num_classes: int = 1
-    """Logits of the pseudo-box class head: 1, one class-agnostic logit (ours; the head is dropped at
-    fine-tuning either way), or 91, the released head with every pseudo-box labelled 1 (to continue from or
-    evaluate a released DETReg checkpoint with all its tensors)."""
-
-
-@dataclass(frozen=True)
-class MultiCropConfig:
-    """Random-resized-crop views of one image (SwAV multi-crop; DenseCL uses the two global views)."""
-
-    global_size: int = 224
-    local_size: int = 96
-    num_global: int = 2
-    num_local: int = 6
-    global_scale: tuple[float, float] = (0.14, 1.0)
-    """Area range of a global crop, as a fraction of the image."""
-    local_scale: tuple[float, float] = (0.05, 0.14)
-    color_strength: float = 1.0
-    """Colour distortion strength s of every view: ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) with p=0.8
-    (released SwAV: 1.0; DenseCL, as MoCo v2: 0.5)."""
-
-
-@dataclass(frozen=True)
-class SwavConfig:
-    """SwAV: swapped prediction of Sinkhorn-Knopp cluster assignments (Caron et al., 2020)."""
-
-    num_prototypes: int = 3000
-    feature_dim: int = 128
-    """Projection output (prototype) dimension."""
-    hidden_dim: int = 2048
-    """Projection MLP hidden width."""
-    temperature: float = 0.1
-    epsilon: float = 0.05
-    """Entropy regularisation of the Sinkhorn-Knopp assignment."""
-    sinkhorn_iterations: int = 3
-    freeze_prototypes_steps: int = 313
-    """Prototypes receive no gradient for this many optimizer steps (the paper: one ImageNet epoch)."""
-    queue_length: int = 0
-    """Earlier embeddings kept per process to fill the Sinkhorn batch (0: no queue)."""
-    queue_start_step: int = 0
-    """Optimizer step from which the queue takes part (it fills from the start)."""
-
-
-@dataclass(frozen=True)
-class DenseClConfig:
-    """DenseCL: global + dense contrastive learning with a momentum encoder (Wang et al., 2021)."""
-
-    feature_dim: int = 128
-    hidden_dim: int = 2048
-    queue_length: int = 65536
-    momentum: float = 0.999
-    """Key encoder = momentum * key encoder + (1 - momentum) * query encoder, after every step."""
-    temperature: float = 0.2
-    dense_weight: float = 0.5
-    """Weight of the dense loss; the global loss gets 1 - dense_weight."""
-
-
-@dataclass(frozen=True)
 class PretrainConfig:
     """Self-supervised pretraining of the whole Deformable DETR (backbone, encoder, decoder, heads).
 
-    The defaults shown are those of the preset in force: 'demo' without --data; add --data (or
-    --preset paper) to --help to see the released recipes. DetReg (amirbar/DETReg): SwAV ResNet-50 teacher
-    and backbone (required), layer2 targets, 300 queries, 24 images per process on 8 processes (192),
-    AdamW lr 2e-4, 50 epochs on COCO (5 on ImageNet: --epochs 5), lr drop at 40, short side 320-480, long
-    side <= 600, crop branch 384-600. UP-DETR: 100 queries for 10 patches, lr 1e-4, 60 epochs, drop at 40.
-    Differences from the released code: docs/PROTOCOLS.md."""
+    The options every pretext shares; each task adds its own option groups (``--task X --help`` lists
+    them). The defaults shown are those of the preset in force: 'demo' without --data; add --data (or
+    --preset paper) to --help to see the released recipe. Differences from the released code:
+    docs/PROTOCOLS.md."""
 
     task: str = "detreg"
-    """Pretext task (see detr_ssl.tasks.TASKS): updetr, detreg, pairdetr; backbone only: swav, densecl."""
+    """Pretext task: the name of a module in detr_ssl/tasks (updetr, detreg, pairdetr; backbone only:
+    swav, densecl, ...). An unknown name lists them all."""
     preset: Literal["demo", "paper"] = "paper"
     """Defaults for everything: 'demo' (tiny model, embedded photos) or 'paper' (published recipe).
     Without --data the demo preset is used."""
@@ -374,13 +261,6 @@ class PretrainConfig:
     data: Annotated[PretrainDataConfig, tyro.conf.OmitArgPrefixes] = PretrainDataConfig()
     optim: Annotated[OptimConfig, tyro.conf.OmitArgPrefixes] = OptimConfig(lr_backbone=0.0)
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = RunConfig(output_dir=Path("outputs/pretrain"))
-    detreg: Annotated[DetRegConfig, tyro.conf.OmitArgPrefixes] = DetRegConfig()
-    updetr: UpDetrConfig = UpDetrConfig()
-    pair: PairConfig = PairConfig()
-    swav: SwavConfig = SwavConfig()
-    densecl: DenseClConfig = DenseClConfig()
-    crops: MultiCropConfig = MultiCropConfig()
-    loss: LossConfig = LossConfig()
     model: ModelConfig = ModelConfig(train_backbone=False)
 
 
@@ -397,24 +277,10 @@ def demo_pretrain() -> PretrainConfig:
                                 num_workers=0),
         optim=OptimConfig(epochs=10, lr=4e-4, lr_backbone=0.0, lr_drop=8, batch_size=4),
         run=RunConfig(output_dir=Path("outputs/demo-pretrain"), log_every=5, checkpoint_every=5),
-        # 3 patches x 10 queries (UP-DETR's defaults) = the tiny model's 30 queries, so every query transfers
-        # to fine-tuning.
-        updetr=UpDetrConfig(num_patches=3),
     )
 
 
 PRETRAIN_PRESETS: dict[str, Callable[[], PretrainConfig]] = {"paper": paper_pretrain, "demo": demo_pretrain}
-
-
-def parse_pretrain_args(argv: list[str]) -> PretrainConfig:
-    """The pretraining config; the chosen task adjusts the preset's defaults first (flags still win)."""
-    from detr_ssl.tasks import TASKS  # the tasks import this module
-
-    def task_defaults(config: PretrainConfig) -> PretrainConfig:
-        task = _flag_value(argv, "--task") or config.task
-        return TASKS[task].defaults(replace(config, task=task)) if task in TASKS else config
-
-    return _parse_with_presets(PretrainConfig, PRETRAIN_PRESETS, "--data", argv, task_defaults)
 
 
 def with_backbone_init(model: ModelConfig, backbone_init: Path | None) -> ModelConfig:

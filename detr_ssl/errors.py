@@ -5,6 +5,24 @@
 _WORKER_MARKER = "Original Traceback"
 
 
+def original_message(text: str, error_type: type[BaseException] | None = None) -> str:
+    """An exception's message ``text`` as it was raised: ``text`` itself, or, when a DataLoader worker raised
+    the exception and PyTorch folded the worker's traceback into the message, the original message.
+
+    The traceback ends with ``<module>.<ClassName>: <original message>``: with ``error_type`` the message is
+    what follows that line's prefix (all of it, even over several lines), else what follows the first ``: ``
+    of the last line.
+    """
+    if _WORKER_MARKER not in text:
+        return text
+    if error_type is not None:
+        prefix = f"{error_type.__module__}.{error_type.__qualname__}: "
+        start = text.rfind("\n" + prefix)
+        if start >= 0:
+            return text[start + 1 + len(prefix):].strip()
+    return text.strip().splitlines()[-1].split(": ", 1)[-1]
+
+
 class DetrSslError(Exception):
     """Base class: a problem the user can fix (bad input, bad configuration, missing file).
 
@@ -20,16 +38,7 @@ class DetrSslError(Exception):
         return text if _WORKER_MARKER in text else None
 
     def __str__(self) -> str:
-        text = super().__str__()
-        if _WORKER_MARKER not in text:
-            return text
-        # The traceback ends with "<module>.<ClassName>: <original message>".
-        cls = type(self)
-        prefix = f"{cls.__module__}.{cls.__qualname__}: "
-        start = text.rfind("\n" + prefix)
-        if start >= 0:
-            return text[start + 1 + len(prefix):].strip()
-        return text.strip().splitlines()[-1].split(": ", 1)[-1]
+        return original_message(super().__str__(), type(self))
 
 
 class DataError(DetrSslError):

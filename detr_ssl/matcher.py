@@ -16,11 +16,9 @@ from torch.nn.utils.rnn import pad_sequence
 from detr_ssl.box_ops import cxcywh_to_xyxy, generalized_box_iou
 from detr_ssl.errors import NonFiniteError
 from detr_ssl.losses.focal import FocalParams, focal_terms
+from detr_ssl.losses.output import MatchIndices
 
 __all__ = ["HungarianMatcher", "MatchIndices"]
-
-#: Per image: (query indices, target indices), int64 on the CPU, equal lengths, sorted by query index.
-MatchIndices = list[tuple[Tensor, Tensor]]
 
 
 class HungarianMatcher(nn.Module):
@@ -74,12 +72,20 @@ class HungarianMatcher(nn.Module):
         Returns:
             ``(N, K)`` (or ``(B, N, K)``) float32 costs (lower is a better pair).
         """
-        positive, negative = focal_terms(class_logits(logits, labels), self.focal)
-        class_cost = positive - negative
         boxes, target_boxes = boxes.float(), target_boxes.float()
         l1_cost = torch.cdist(boxes, target_boxes, p=1)
         giou_cost = -generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(target_boxes))
-        return self.cost_class * class_cost + self.cost_bbox * l1_cost + self.cost_giou * giou_cost
+        return (self.cost_class * self.class_cost(logits, labels) + self.cost_bbox * l1_cost
+                + self.cost_giou * giou_cost)
+
+    def class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Unweighted focal class cost ``focal_pos(q, c_k) - focal_neg(q, c_k)`` of every (query, target) pair:
+        what giving target ``k``'s class to query ``q`` changes in the loss.
+
+        ``logits`` ``(..., N, C)`` pre-sigmoid scores, ``labels`` ``(..., K)`` int64 -> ``(..., N, K)`` float32.
+        """
+        positive, negative = focal_terms(class_logits(logits, labels), self.focal)
+        return positive - negative
 
     @torch.no_grad()
     def forward(self, logits: Tensor, boxes: Tensor, targets: list[dict[str, Tensor]]) -> MatchIndices:

@@ -13,8 +13,7 @@ from torch import Tensor
 
 from detr_ssl.box_ops import cxcywh_to_xyxy, generalized_box_iou
 from detr_ssl.errors import NonFiniteError
-from detr_ssl.losses.focal import focal_terms
-from detr_ssl.matcher import HungarianMatcher, MatchIndices, assign_padded, class_logits, padded_targets
+from detr_ssl.matcher import HungarianMatcher, MatchIndices, assign_padded, padded_targets
 from detr_ssl.pairs import boxes_to_pairs, pairs_to_boxes
 
 __all__ = ["PairHungarianMatcher"]
@@ -69,14 +68,13 @@ class PairHungarianMatcher(HungarianMatcher):
         Returns:
             ``(N, K)`` (or ``(B, N, K)``) float32 costs (lower is a better pair).
         """
-        positive, negative = focal_terms(class_logits(logits, labels), self.focal)
-        class_cost = positive - negative
         corners, centers, target_boxes = corners.float(), centers.float(), target_boxes.float()
         target_corners, target_centers = boxes_to_pairs(target_boxes)
         point_cost = torch.cdist(corners, target_corners, p=1) + torch.cdist(centers, target_centers, p=1)
         boxes = pairs_to_boxes(corners, centers)
         giou_cost = -generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(target_boxes))
-        return self.cost_class * class_cost + self.cost_point * point_cost + self.cost_giou * giou_cost
+        return (self.cost_class * self.class_cost(logits, labels) + self.cost_point * point_cost
+                + self.cost_giou * giou_cost)
 
     @torch.no_grad()
     def forward(self, logits: Tensor, corners: Tensor, centers: Tensor,

@@ -18,12 +18,18 @@ from detr_ssl.models.checkpoint_io import load_state_dict_file, trunk_keys
 BackboneNorm = Literal["frozen_bn", "group_norm"]
 
 
+def frozen_bn(channels: int, **_: object) -> nn.Module:
+    """FrozenBatchNorm2d as a timm ``norm_layer`` (timm's device/dtype keywords, which it does not take, are
+    dropped)."""
+    return FrozenBatchNorm2d(channels)
+
+
 def _norm_layer(norm: BackboneNorm) -> Callable[[int], nn.Module]:
     """Frozen BN keeps pretrained statistics (the paper's choice); GroupNorm trains from scratch
     without depending on the batch, so small and multi-process batches behave alike."""
     # timm passes device/dtype keywords that these constructors do not take; parameters start on CPU.
     if norm == "frozen_bn":
-        return lambda channels, **_: FrozenBatchNorm2d(channels)
+        return frozen_bn
     if norm == "group_norm":
         return lambda channels, **_: nn.GroupNorm(min(32, channels // 4), channels)
     raise ValueError(f"unknown backbone norm {norm!r}; choose 'frozen_bn' or 'group_norm'")

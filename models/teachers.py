@@ -21,7 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detr_ssl.errors import CheckpointError
-from detr_ssl.models.backbone import Backbone
+from detr_ssl.models.backbone import Backbone, frozen_bn
 from detr_ssl.models.checkpoint_io import load_state_dict_file, trunk_keys
 
 __all__ = ["FrozenEncoder", "Stage", "build_teacher", "load_swav_state_dict", "resnet_arch_of", "resnet_trunk"]
@@ -104,11 +104,6 @@ def _fold_frozen_batchnorm(module: nn.Module) -> None:
                 setattr(parent, bn_name, nn.Identity())
 
 
-def _frozen_bn(channels: int, **_: object) -> nn.Module:
-    # timm passes device/dtype keywords FrozenBatchNorm2d does not take.
-    return FrozenBatchNorm2d(channels)
-
-
 def resnet_trunk(arch: str = "resnet50", stage: Stage = "layer4") -> nn.Module:
     """A randomly initialised timm ResNet up to ``stage`` (later stages are not built), frozen BN.
 
@@ -117,7 +112,7 @@ def resnet_trunk(arch: str = "resnet50", stage: Stage = "layer4") -> nn.Module:
     if stage not in _STAGE_INDEX:
         raise ValueError(f"unknown ResNet stage {stage!r}; choose one of {sorted(_STAGE_INDEX)}")
     return timm.create_model(arch, pretrained=False, features_only=True, out_indices=(_STAGE_INDEX[stage],),
-                             norm_layer=_frozen_bn)
+                             norm_layer=frozen_bn)
 
 
 def _trunk_shapes(arch: str) -> dict[str, torch.Size]:

@@ -50,7 +50,8 @@ import torchvision
 from PIL import Image
 
 from detr_ssl.benchmarking import backward_and_step, environment, markdown_table, sync, time_interleaved, write_json
-from detr_ssl.config import PretrainConfig, parse_pretrain_args, with_backbone_init
+from detr_ssl.cli.pretrain import parse_pretrain_args
+from detr_ssl.config import PretrainConfig, with_backbone_init
 from detr_ssl.datasets import ImageFolderDataset, collate_detection, demo_unlabeled_images, make_train_transforms
 from detr_ssl.datasets.collate import Batch
 from detr_ssl.engine.optim import build_optimizer

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from detr_ssl.datasets.demo import DemoPaths, demo_detection_dataset, demo_unlabeled_images
@@ -132,3 +133,12 @@ def demo_subset(demo_data: DemoPaths, tmp_path: Path) -> Callable[[int], Path]:
         return path
 
     return make
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on the shared 2-core test machine two competing threads run slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

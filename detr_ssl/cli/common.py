@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 
 from detr_ssl.config import RunConfig
-from detr_ssl.errors import DetrSslError
+from detr_ssl.errors import DetrSslError, original_message
 
 
 def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
@@ -26,12 +26,8 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None
 
 
 def one_line(exc: BaseException) -> str:
-    """The user-facing message of ``exc``. An error raised in a DataLoader worker arrives re-raised with
-    the worker's traceback folded into its message; its last line holds the original message."""
-    text = str(exc).strip()
-    if "Original Traceback" in text:
-        text = text.splitlines()[-1].split(": ", 1)[-1]
-    return text
+    """The user-facing message of ``exc``, without the traceback of the DataLoader worker that raised it."""
+    return original_message(str(exc).strip())
 
 
 def make_accelerator(run: RunConfig, grad_accum_steps: int = 1, find_unused_parameters: bool = False) -> Accelerator:

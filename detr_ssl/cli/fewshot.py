@@ -23,10 +23,10 @@ from typing import Annotated, Any
 import tyro
 
 from detr_ssl.atomic_io import atomic_write_json
-from detr_ssl.cli.benchmark import (
+from detr_ssl.cli.finetune_runs import (
     Init,
-    Progress,
     RunData,
+    RunProgressLog,
     TrainingOptions,
     check_positive,
     check_single_process,
@@ -137,7 +137,7 @@ class FewShotBenchmark:
         self.out = Path(cfg.output_dir)
         self.train_document = read_json(self.files.train_json)
         self.groups = category_groups(read_json(self.files.val_json), self.files.val_json)
-        self.progress = Progress(1 + len(cfg.shots) * len(cfg.seeds))
+        self.progress = RunProgressLog(1 + len(cfg.shots) * len(cfg.seeds))
 
     def _config(self, data: RunData, init: Init, epochs: int, lr_drop: int, output_dir: Path,
                 seed: int | None = None) -> FinetuneConfig:

@@ -31,10 +31,10 @@ from typing import Annotated, Any
 import tyro
 
 from detr_ssl.atomic_io import atomic_write
-from detr_ssl.cli.benchmark import (
+from detr_ssl.cli.finetune_runs import (
     Init,
-    Progress,
     RunData,
+    RunProgressLog,
     TrainingOptions,
     check_single_process,
     finetune_config,
@@ -44,8 +44,8 @@ from detr_ssl.cli.benchmark import (
 )
 from detr_ssl.cli.common import run_main
 from detr_ssl.cli.finetune import finetune
-from detr_ssl.cli.pretrain import pretrain
-from detr_ssl.config import parse_pretrain_args, to_plain
+from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
+from detr_ssl.config import to_plain
 from detr_ssl.datasets import demo_detection_dataset
 from detr_ssl.datasets.coco_json import read_json
 from detr_ssl.errors import ConfigError
@@ -277,7 +277,7 @@ class SemiSupBenchmark:
         """Pretraining chain (demo), then every run; the report is rewritten after every run."""
         inits = ([run_chain(DEMO_PRETRAIN_CHAIN, self.files, self.out / "pretrain")] if self.cfg.demo else [])
         inits += self.inits
-        progress = Progress(len(self.cfg.fractions) * len(self.cfg.seeds) * len(inits))
+        progress = RunProgressLog(len(self.cfg.fractions) * len(self.cfg.seeds) * len(inits))
         runs: list[dict[str, Any]] = []
         results: dict[str, Any] = {}
         for fraction in self.cfg.fractions:
@@ -288,7 +288,7 @@ class SemiSupBenchmark:
                     results = self.report(inits, runs)
         return results
 
-    def run_one(self, fraction: float, seed: int, fold: Path, init: Init, progress: Progress) -> dict[str, Any]:
+    def run_one(self, fraction: float, seed: int, fold: Path, init: Init, progress: RunProgressLog) -> dict[str, Any]:
         """Fine-tunes ``init`` on one fold (or reads the finished run); returns its run record."""
         epochs, lr_drop = self.epochs[fraction]
         name = f"{format_percent(fraction)}pct/{init.name}_seed{seed}"

@@ -26,7 +26,8 @@ from detr_ssl.engine.logging import ScalarLogger
 from detr_ssl.engine.optim import build_optimizer, build_scheduler
 from detr_ssl.engine.rng import rng_state, set_rng_state
 from detr_ssl.errors import NonFiniteError
-from detr_ssl.tasks.base import LossResult, Task
+from detr_ssl.losses.output import LossOutput
+from detr_ssl.tasks.base import Task
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
 
@@ -41,8 +42,8 @@ MAX_CONSECUTIVE_SKIPS = 20
 
 
 @dataclass
-class Progress:
-    """How far a run got; restored from the checkpoint on resume."""
+class TrainingProgress:
+    """How far a training run got (epochs, optimizer steps, batches); restored from the checkpoint on resume."""
 
     epoch: int = 0
     """Epochs completed."""
@@ -52,7 +53,7 @@ class Progress:
     """Batches of the current epoch already consumed (non-zero only for a run stopped mid-epoch)."""
 
 
-def _describe_nonfinite(loss: LossResult) -> str:
+def _describe_nonfinite(loss: LossOutput) -> str:
     bad = {name: float(value) for name, value in loss.terms.items() if not torch.isfinite(value)}
     return f"loss {float(loss.total.detach())}, non-finite terms: {bad or 'none (the sum overflowed)'}"
 
@@ -82,7 +83,7 @@ class Trainer:
         self.run = run
         self.evaluate_fn = evaluate
         self.checkpoint_extra = checkpoint_extra or {}
-        self.progress = Progress()
+        self.progress = TrainingProgress()
         self.skipped_batches = 0
         """Batches skipped for a non-finite loss in this process's lifetime (logged as train/skipped_batches)."""
         self.consecutive_skips = 0
@@ -130,7 +131,7 @@ class Trainer:
         self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["lr_scheduler"])
-        self.progress = Progress(state["epoch"], state["step"], state.get("batch_in_epoch", 0))
+        self.progress = TrainingProgress(state["epoch"], state["step"], state.get("batch_in_epoch", 0))
         per_process = state.get("rng_per_process")
         if isinstance(per_process, list) and len(per_process) == self.accelerator.num_processes:
             set_rng_state(per_process[self.accelerator.process_index])
@@ -201,7 +202,7 @@ class Trainer:
                     return False
         return True
 
-    def _loss_or_skip(self, batch: Any) -> LossResult | None:
+    def _loss_or_skip(self, batch: Any) -> LossOutput | None:
         """The batch's loss; None when it is non-finite on any process and ``run.on_nonfinite`` is
         'skip'. Every process learns whether any of them saw a NaN/inf, so all of them skip the same
         batch (or all stop) and none is left waiting in a gradient all-reduce."""

@@ -11,14 +11,15 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from detr_ssl.losses.focal import FocalParams, focal_terms, sigmoid_focal_loss
+from detr_ssl.losses.output import LossOutput
 
 if TYPE_CHECKING:
-    from detr_ssl.losses.set_criterion import LossOutput, LossWeights, SetCriterion, build_criterion, count_boxes
+    from detr_ssl.losses.set_criterion import LossWeights, SetCriterion, build_criterion, count_boxes
 
 __all__ = ["FocalParams", "LossOutput", "LossWeights", "SetCriterion", "build_criterion", "count_boxes",
            "focal_terms", "sigmoid_focal_loss"]
 
-_CRITERION_NAMES = {"LossOutput", "LossWeights", "SetCriterion", "build_criterion", "count_boxes"}
+_CRITERION_NAMES = {"LossWeights", "SetCriterion", "build_criterion", "count_boxes"}
 
 
 def __getattr__(name: str) -> Any:

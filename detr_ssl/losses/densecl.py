@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["dense_correspondence", "dense_info_nce", "info_nce"]
+from detr_ssl.losses.contrastive import info_nce
+
+__all__ = ["dense_correspondence", "dense_info_nce"]
 
 
 @torch.no_grad()
@@ -30,21 +32,6 @@ def dense_correspondence(query_features: Tensor, key_features: Tensor) -> Tensor
     """
     similarity = F.normalize(query_features, dim=-1) @ F.normalize(key_features, dim=-1).transpose(1, 2)
     return similarity.argmax(dim=2)
-
-
-def info_nce(query: Tensor, positive_key: Tensor, queue: Tensor, temperature: float) -> Tensor:
-    """Mean over the ``N`` queries of the cross-entropy of ``[q.k+, q.n_1, ..., q.n_K] / temperature``
-    with the positive at index 0.
-
-    Args:
-        query: ``(N, D)`` embeddings.
-        positive_key: ``(N, D)`` the positive of each query.
-        queue: ``(K, D)`` negatives shared by every query.
-        temperature: softmax temperature.
-    """
-    positive = (query * positive_key).sum(dim=1, keepdim=True)
-    logits = torch.cat((positive, query @ queue.T), dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(len(query), dtype=torch.long, device=query.device))
 
 
 def dense_info_nce(query: Tensor, key: Tensor, correspondence: Tensor, queue: Tensor, temperature: float) -> Tensor:

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from detr_ssl.box_ops import cxcywh_to_xyxy, elementwise_generalized_box_iou
 from detr_ssl.losses.focal import sigmoid_focal_loss
 from detr_ssl.losses.pair_contrastive import pair_infonce
-from detr_ssl.losses.set_criterion import LossOutput, count_boxes
+from detr_ssl.losses.output import LossOutput
+from detr_ssl.losses.set_criterion import count_boxes
 from detr_ssl.matcher import MatchIndices
 from detr_ssl.models.outputs import PairOutput
 from detr_ssl.pair_matcher import PairHungarianMatcher

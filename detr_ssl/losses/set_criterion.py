@@ -11,7 +11,7 @@ how images are spread over processes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,13 +20,14 @@ from torch import Tensor, nn
 from detr_ssl.box_ops import cxcywh_to_xyxy, elementwise_generalized_box_iou
 from detr_ssl.distributed import all_reduce_sum, world_size
 from detr_ssl.losses.focal import sigmoid_focal_loss
+from detr_ssl.losses.output import LossOutput
 from detr_ssl.matcher import HungarianMatcher, MatchIndices
 from detr_ssl.models.outputs import DetectionOutput
 
 if TYPE_CHECKING:
     from detr_ssl.config import LossConfig
 
-__all__ = ["LossOutput", "LossWeights", "SetCriterion", "build_criterion", "count_boxes"]
+__all__ = ["LossWeights", "SetCriterion", "build_criterion", "count_boxes"]
 
 Targets = list[dict[str, Tensor]]
 
@@ -38,29 +39,6 @@ class LossWeights:
     cls: float = 2.0
     bbox: float = 5.0
     giou: float = 2.0
-
-
-@dataclass
-class LossOutput:
-    """What the criterion returns.
-
-    Attributes:
-        total: scalar to back-propagate: the weighted sum of every term.
-        terms: the *unweighted*, detached terms for logging: ``loss_cls``, ``loss_bbox``, ``loss_giou``
-            for the final layer, the same suffixed ``_0``, ``_1``, ... per auxiliary layer and ``_enc``
-            for the encoder proposals.
-        indices: the final layer's matching (per image ``(query_idx, target_idx)``), for tasks that put
-            extra losses on the matched queries (e.g. DetReg's embedding loss).
-        layer_indices: every scored layer's matching, keyed by its term suffix (``""`` final, ``"_0"``...
-            auxiliary, ``"_enc"`` encoder), for extra losses on auxiliary layers (UP-DETR).
-        num_boxes: the normaliser the terms were divided by (see :func:`count_boxes`).
-    """
-
-    total: Tensor
-    terms: dict[str, Tensor]
-    indices: MatchIndices = field(default_factory=list)
-    layer_indices: dict[str, MatchIndices] = field(default_factory=dict)
-    num_boxes: float = 1.0
 
 
 def count_boxes(targets: Targets, device: torch.device) -> float:

@@ -11,7 +11,9 @@ loader (``--teacher-checkpoint``) and every backbone-init option read unchanged.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,14 +21,32 @@ import timm
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from detr_ssl.config import MultiCropConfig, PretrainConfig
+from detr_ssl.config import OptimConfig, PretrainConfig
 from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.multicrop import CropSpec, MultiCropDataset, collate_views
+from detr_ssl.distributed import world_size
 from detr_ssl.engine.checkpoint import atomic_torch_save
 from detr_ssl.errors import ConfigError
 from detr_ssl.tasks.base import PRETRAINED_FILE, PretextTask
 
 SWAV_LAYOUT_FILE = "backbone_swav_layout.pth"
+
+
+@dataclass(frozen=True)
+class MultiCropConfig:
+    """Random-resized-crop views of one image (SwAV multi-crop; DenseCL uses the two global views)."""
+
+    global_size: int = 224
+    local_size: int = 96
+    num_global: int = 2
+    num_local: int = 6
+    global_scale: tuple[float, float] = (0.14, 1.0)
+    """Area range of a global crop, as a fraction of the image."""
+    local_scale: tuple[float, float] = (0.05, 0.14)
+    color_strength: float = 1.0
+    """Colour distortion strength s of every view: ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) with p=0.8
+    (released SwAV: 1.0; DenseCL, as MoCo v2: 0.5)."""
+
 
 
 def build_trunk(name: str) -> nn.Module:
@@ -43,6 +63,40 @@ def crop_specs(crops: MultiCropConfig) -> list[CropSpec]:
     return [global_view] * crops.num_global + [local_view] * crops.num_local
 
 
+#: BYOL's colour jitter (brightness, contrast, saturation, hue), applied with probability 0.8 to both views.
+BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
+
+
+def two_view_crops(size: int, scale: tuple[float, float], color_strength: float = 1.0) -> MultiCropConfig:
+    """Two global views of ``size`` px covering ``scale`` of the image, no local ones."""
+    return MultiCropConfig(global_size=size, num_local=0, global_scale=scale, color_strength=color_strength)
+
+
+def moco_v2_crops(size: int) -> MultiCropConfig:
+    """MoCo v2's views as released (DenseCL, RegionCL, SimSiam): area (0.2, 1), ColorJitter(0.4, 0.4, 0.4, 0.1)."""
+    return two_view_crops(size, (0.2, 1.0), color_strength=0.5)
+
+
+def byol_crops(size: int) -> MultiCropConfig:
+    """BYOL's views (PixPro, LC-loss): area (0.08, 1); their colours are :func:`byol_view_specs`'."""
+    return two_view_crops(size, (0.08, 1.0))
+
+
+def byol_view_specs(crops: MultiCropConfig) -> list[CropSpec]:
+    """BYOL's two asymmetric views (PixPro, LC-loss): jitter p 0.8 and greyscale p 0.2 on both; blur always on
+    the first and with p 0.1 on the second, which alone is solarised (p 0.2)."""
+    first = CropSpec(crops.global_size, crops.global_scale, jitter=BYOL_JITTER, blur_probability=1.0)
+    return [first, replace(first, blur_probability=0.1, solarize_probability=0.2)]
+
+
+def batches_per_run(num_images: int, optim: OptimConfig, max_steps: int | None) -> int:
+    """Batches each process trains (a momentum schedule's length): epochs x ceil(images / (batch x processes))
+    (the loader keeps a last, partial batch), or fewer when ``max_steps`` optimizer steps of
+    ``grad_accum_steps`` batches end the run first."""
+    batches = optim.epochs * math.ceil(num_images / (optim.batch_size * world_size()))
+    return batches if max_steps is None else min(batches, max_steps * optim.grad_accum_steps)
+
+
 def demo_backbone_defaults(config: PretrainConfig, crops: MultiCropConfig) -> PretrainConfig:
     """The demo preset's schedule for a backbone pretext: batch statistics need bigger batches than the
     detector's 4, and a tiny ResNet on a few dozen images needs many short epochs."""
@@ -52,27 +106,57 @@ def demo_backbone_defaults(config: PretrainConfig, crops: MultiCropConfig) -> Pr
     return replace(config, optim=optim, crops=crops)
 
 
+def two_view_defaults(config: PretrainConfig, crops: Callable[[int], MultiCropConfig]) -> PretrainConfig:
+    """A two-view pretext's preset: ``crops(224)`` (paper), or ``crops(64)`` and the demo's schedule."""
+    if config.preset != "demo":
+        return replace(config, crops=crops(224))
+    return demo_backbone_defaults(config, crops(64))
+
+
 class BackbonePretextTask(PretextTask):
     """Base of the backbone pretexts: ``build_model`` returns a module with a ``trunk`` attribute."""
 
+    option_groups = {"crops": MultiCropConfig}
     collate_fn = staticmethod(collate_views)
     #: Key prefix of the trunk in the official SwAV layout (DDP's wrapper).
     layout_prefix: ClassVar[str] = "module."
+    #: Whether the task compares exactly two global views and no local ones (checked by :meth:`configure`).
+    two_views_only: ClassVar[bool] = False
+    #: Whether the views are BYOL's asymmetric pair (:func:`byol_view_specs`), whose colour jitter is fixed.
+    byol_views: ClassVar[bool] = False
 
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
         if config.crops.num_global < 2:
             raise ConfigError(f"--task {cls.name} needs at least 2 global crops, got --crops.num-global "
                               f"{config.crops.num_global}")
+        crops = config.crops
+        if cls.two_views_only and (crops.num_global, crops.num_local) != (2, 0):
+            raise ConfigError(f"--task {cls.name} compares exactly two global views; got --crops.num-global "
+                              f"{crops.num_global} and --crops.num-local {crops.num_local} (use 2 and 0)")
+        if cls.byol_views and crops.color_strength != MultiCropConfig.color_strength:
+            raise ConfigError(f"--task {cls.name} uses BYOL's fixed colour jitter {BYOL_JITTER}; "
+                              f"--crops.color-strength {crops.color_strength} would be ignored (leave it out)")
         return config
+
+    def view_specs(self) -> list[CropSpec]:
+        """The views of one image, from ``--crops.*`` (BYOL's asymmetric pair with :attr:`byol_views`)."""
+        return byol_view_specs(self.config.crops) if self.byol_views else crop_specs(self.config.crops)
 
     def build_dataset(self, images: ImageFolderDataset, transforms=None) -> Dataset:
         """Multi-crop views of ``images``; the detection ``transforms`` do not apply to a backbone pretext."""
-        return MultiCropDataset(images, crop_specs(self.config.crops))
+        return MultiCropDataset(images, self.view_specs())
+
+    def __init__(self, config: PretrainConfig) -> None:
+        super().__init__(config)
+        #: The task's own option group, ``config.<name>``.
+        self.options = getattr(config, self.name)
 
     def layout_heads(self, model: nn.Module) -> dict[str, Tensor]:
-        """Pretext heads to store beside the trunk in the SwAV-layout file (names without the prefix)."""
-        return {}
+        """Pretext heads to store beside the trunk in the SwAV-layout file (names without the prefix): by
+        default every tensor of ``model.encoder`` outside its trunk (MoCo-style models)."""
+        encoder = getattr(model, "encoder", None)
+        return {} if encoder is None else {k: v for k, v in encoder.state_dict().items() if not k.startswith("trunk.")}
 
     def export(self, model: nn.Module, output_dir: Path) -> list[Path]:
         trunk = {key: value for key, value in model.trunk.state_dict().items()

@@ -22,12 +22,13 @@ Choices and known differences from the paper:
   parameter update it copies the query encoder's BatchNorm buffers into the key encoder.
 - The dense grid is the trunk's native output grid (the paper pools to 7x7, ResNet-50's grid at 224 px).
 - AdamW from the shared optimiser config instead of SGD (lr 0.03, momentum 0.9).
+- Not in DenseCL: ``--densecl.lc-weight`` > 0 adds LC-loss (:mod:`detr_ssl.losses.local_contrast`) between
+  the query and key dense maps, as Islam et al. (WACV 2023) add it to a base method; off by default.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -35,18 +36,38 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
-from detr_ssl.config import DenseClConfig, MultiCropConfig, PretrainConfig
+from detr_ssl.blocks.heads import mlp
+from detr_ssl.blocks.momentum import ema_update_, momentum_copy
+from detr_ssl.blocks.queue import KeyQueue
+from detr_ssl.config import PretrainConfig
 from detr_ssl.datasets.multicrop import Views
-from detr_ssl.distributed import all_gather_cat
 from detr_ssl.errors import ConfigError
-from detr_ssl.losses.densecl import dense_correspondence, dense_info_nce, info_nce
+from detr_ssl.losses.contrastive import info_nce
+from detr_ssl.losses.densecl import dense_correspondence, dense_info_nce
+from detr_ssl.losses.local_contrast import LC_TEMPERATURE, as_dense_map, lc_loss
+from detr_ssl.losses.output import LossOutput
 from detr_ssl.tasks import register_task
-from detr_ssl.tasks.backbone_pretext import (
-    BackbonePretextTask,
-    build_trunk,
-    demo_backbone_defaults,
-)
-from detr_ssl.tasks.base import TermsLoss
+from detr_ssl.tasks.backbone_pretext import BackbonePretextTask, build_trunk, moco_v2_crops, two_view_defaults
+
+
+@dataclass(frozen=True)
+class DenseClConfig:
+    """DenseCL: global + dense contrastive learning with a momentum encoder (Wang et al., 2021)."""
+
+    feature_dim: int = 128
+    hidden_dim: int = 2048
+    queue_length: int = 65536
+    momentum: float = 0.999
+    """Key encoder = momentum * key encoder + (1 - momentum) * query encoder, after every step."""
+    temperature: float = 0.2
+    dense_weight: float = 0.5
+    """Weight of the dense loss; the global loss gets 1 - dense_weight."""
+    lc_weight: float = 0.0
+    """Weight of an added LC-loss (Islam et al., 2023) between the query and key dense maps, matched through
+    the views' crop geometry; 0 = DenseCL as released."""
+    lc_temperature: float = LC_TEMPERATURE
+    """Softmax temperature of that LC-loss."""
+
 
 
 class Encoded(NamedTuple):
@@ -69,10 +90,8 @@ class DenseClEncoder(nn.Module):
         super().__init__()
         self.trunk = trunk
         channels = trunk.num_features
-        self.projection_head = nn.Sequential(nn.Linear(channels, options.hidden_dim), nn.ReLU(inplace=True),
-                                             nn.Linear(options.hidden_dim, options.feature_dim))
-        self.dense_head = nn.Sequential(nn.Conv2d(channels, options.hidden_dim, 1), nn.ReLU(inplace=True),
-                                        nn.Conv2d(options.hidden_dim, options.feature_dim, 1))
+        self.projection_head = mlp(channels, options.hidden_dim, options.feature_dim)
+        self.dense_head = mlp(channels, options.hidden_dim, options.feature_dim, conv=True)
 
     def forward(self, images: Tensor) -> Encoded:
         features = self.trunk.forward_features(images)
@@ -91,35 +110,14 @@ class DenseClModel(nn.Module):
     def __init__(self, trunk: nn.Module, options: DenseClConfig) -> None:
         super().__init__()
         self.encoder = DenseClEncoder(trunk, options)
-        self.momentum_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
-        shape = (options.queue_length, options.feature_dim)
-        self.register_buffer("queue", F.normalize(torch.randn(shape), dim=1))
-        self.register_buffer("dense_queue", F.normalize(torch.randn(shape), dim=1))
-        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+        self.momentum_encoder = momentum_copy(self.encoder)
+        self.queue = KeyQueue(options.queue_length, options.feature_dim)
+        self.dense_queue = KeyQueue(options.queue_length, options.feature_dim)
 
     @property
     def trunk(self) -> nn.Module:
         """The query encoder's trunk: what the export writes."""
         return self.encoder.trunk
-
-    @torch.no_grad()
-    def momentum_update(self, momentum: float) -> None:
-        """Key parameters <- momentum * key + (1 - momentum) * query; key buffers (BN statistics) <- query's."""
-        for key, query in zip(self.momentum_encoder.parameters(), self.encoder.parameters(), strict=True):
-            key.copy_(momentum * key + (1 - momentum) * query)
-        for key, query in zip(self.momentum_encoder.buffers(), self.encoder.buffers(), strict=True):
-            key.copy_(query)
-
-    @torch.no_grad()
-    def enqueue(self, keys: Tensor, dense_keys: Tensor) -> None:
-        """Writes one global and one pooled dense key per image over the oldest entries (a ring buffer;
-        only the newest ``queue_length`` keys are kept when more arrive at once)."""
-        length = len(self.queue)
-        keys, dense_keys = keys[-length:], dense_keys[-length:]
-        rows = (self.queue_pointer + torch.arange(len(keys), device=keys.device)) % length
-        self.queue[rows] = keys.to(self.queue.dtype)
-        self.dense_queue[rows] = dense_keys.to(self.dense_queue.dtype)
-        self.queue_pointer.copy_((self.queue_pointer + len(keys)) % length)
 
     def forward(self, query_images: Tensor, key_images: Tensor) -> tuple[Encoded, Encoded]:
         """-> (query encoder outputs for ``query_images``, key encoder outputs for ``key_images``, no gradient)."""
@@ -131,15 +129,15 @@ class DenseClModel(nn.Module):
 
 @register_task("densecl")
 class DenseClTask(BackbonePretextTask):
+    option_groups = {"densecl": DenseClConfig}
+    two_views_only = True
+
     @classmethod
     def defaults(cls, config: PretrainConfig) -> PretrainConfig:
         """MoCo v2's views as released (two global crops, ColorJitter(0.4, 0.4, 0.4, 0.1): strength 0.5)."""
+        config = two_view_defaults(config, moco_v2_crops)
         if config.preset != "demo":
-            return replace(config, crops=MultiCropConfig(global_size=224, num_local=0, global_scale=(0.2, 1.0),
-                                                         color_strength=0.5))
-        config = demo_backbone_defaults(
-            config, MultiCropConfig(global_size=64, local_size=32, num_local=0, global_scale=(0.2, 1.0),
-                                    color_strength=0.5))
+            return config
         # A queue as long as the 32 demo photos holds the previous epoch, one key per photo. With 256 it
         # holds 8 keys of every photo (false negatives), and the loss did not fall in the demo's 200 steps.
         return replace(config, densecl=replace(config.densecl, feature_dim=64, hidden_dim=256, queue_length=32,
@@ -148,37 +146,42 @@ class DenseClTask(BackbonePretextTask):
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
         config = super().configure(config)
-        crops = config.crops
-        if crops.num_global != 2 or crops.num_local != 0:
-            raise ConfigError(f"--task densecl contrasts exactly two global views; got --crops.num-global "
-                              f"{crops.num_global} and --crops.num-local {crops.num_local} (use 2 and 0)")
         if config.densecl.queue_length < 1:
             raise ConfigError(f"--densecl.queue-length must be positive, got {config.densecl.queue_length}")
+        if config.densecl.lc_weight < 0 or config.densecl.lc_temperature <= 0:
+            raise ConfigError(f"--densecl.lc-weight must be >= 0 and --densecl.lc-temperature > 0, got "
+                              f"{config.densecl.lc_weight} and {config.densecl.lc_temperature}")
         return config
-
-    def __init__(self, config: PretrainConfig) -> None:
-        super().__init__(config)
-        self.options = config.densecl
 
     def build_model(self) -> DenseClModel:
         return DenseClModel(build_trunk(self.config.model.backbone), self.options)
 
-    def layout_heads(self, model: nn.Module) -> dict[str, Tensor]:
-        return {k: v for k, v in model.encoder.state_dict().items() if not k.startswith("trunk.")}
-
-    def compute_loss(self, model: nn.Module, batch: Views) -> TermsLoss:
+    def compute_loss(self, model: nn.Module, batch: Views) -> LossOutput:
         densecl: DenseClModel = extract_model_from_parallel(model)
         if densecl.training:
-            densecl.momentum_update(self.options.momentum)
+            ema_update_(densecl.momentum_encoder, densecl.encoder, self.options.momentum)
         query, key = model(batch.crops[0], batch.crops[1])
-        # Clones: the queues are updated in place below, before backward needs them.
-        queue, dense_queue = densecl.queue.clone(), densecl.dense_queue.clone()
+        queue, dense_queue = densecl.queue.snapshot(), densecl.dense_queue.snapshot()
         temperature = self.options.temperature
         global_loss = info_nce(query.embedding, key.embedding, queue, temperature)
         correspondence = dense_correspondence(query.features, key.features)
         dense_loss = dense_info_nce(query.dense, key.dense, correspondence, dense_queue, temperature)
         weight = self.options.dense_weight
         total = (1 - weight) * global_loss + weight * dense_loss
+        terms = {"loss_global": global_loss.detach(), "loss_dense": dense_loss.detach()}
+        if self.options.lc_weight > 0:
+            local_loss = self._lc_loss(query, key, batch)
+            total = total + self.options.lc_weight * local_loss
+            terms["loss_lc"] = local_loss.detach()
         if densecl.training:
-            densecl.enqueue(all_gather_cat(key.embedding), all_gather_cat(key.pooled_dense))
-        return TermsLoss(total, {"loss_global": global_loss.detach(), "loss_dense": dense_loss.detach()})
+            densecl.queue.push(key.embedding)
+            densecl.dense_queue.push(key.pooled_dense)
+        return LossOutput(total, terms)
+
+    def _lc_loss(self, query: Encoded, key: Encoded, batch: Views) -> Tensor:
+        """LC-loss of the query view's dense map against the key view's, through the views' crop geometry."""
+        if len(batch.geometry) < 2:
+            raise ValueError("--densecl.lc-weight > 0 needs both views' crop geometry (Views.geometry); got none")
+        return lc_loss(as_dense_map(query.dense), as_dense_map(key.dense), batch.geometry[0], batch.geometry[1],
+                       tuple(batch.crops[0].shape[-2:]), tuple(batch.crops[1].shape[-2:]),
+                       self.options.lc_temperature)

@@ -14,7 +14,8 @@ from detr_ssl.losses.pair_criterion import build_pair_criterion
 from detr_ssl.models.config import ModelConfig
 from detr_ssl.models.deformable_detr import build_model
 from detr_ssl.models.pair_detr import PairDETR, as_detections
-from detr_ssl.tasks.base import LossResult, Task
+from detr_ssl.losses.output import LossOutput
+from detr_ssl.tasks.base import Task
 
 
 class SupervisedTask(Task):
@@ -26,11 +27,11 @@ class SupervisedTask(Task):
             DetectionOutput, like Pair DETR, convert it here).
     """
 
-    def __init__(self, criterion: Callable[..., LossResult], detect: Detect = run_detector) -> None:
+    def __init__(self, criterion: Callable[..., LossOutput], detect: Detect = run_detector) -> None:
         self.criterion = criterion
         self.detect = detect
 
-    def compute_loss(self, model: nn.Module, batch: Batch) -> LossResult:
+    def compute_loss(self, model: nn.Module, batch: Batch) -> LossOutput:
         return self.criterion(model(batch.images, batch.mask), batch.targets)
 
 

@@ -11,29 +11,47 @@ statistics (no SyncBatchNorm, which does not run on CPU).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
-from detr_ssl.config import MultiCropConfig, PretrainConfig, SwavConfig
+from detr_ssl.blocks.heads import mlp
+from detr_ssl.config import PretrainConfig
 from detr_ssl.datasets.multicrop import Views
+from detr_ssl.losses.output import LossOutput
 from detr_ssl.losses.swav import sinkhorn_knopp, swapped_prediction_loss
 from detr_ssl.tasks import register_task
 from detr_ssl.tasks.backbone_pretext import (
     BackbonePretextTask,
+    MultiCropConfig,
     build_trunk,
     demo_backbone_defaults,
 )
-from detr_ssl.tasks.base import TermsLoss
 
 
-def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """Linear -> BatchNorm -> ReLU -> Linear: SwAV's projection head."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, out_dim))
+@dataclass(frozen=True)
+class SwavConfig:
+    """SwAV: swapped prediction of Sinkhorn-Knopp cluster assignments (Caron et al., 2020)."""
+
+    num_prototypes: int = 3000
+    feature_dim: int = 128
+    """Projection output (prototype) dimension."""
+    hidden_dim: int = 2048
+    """Projection MLP hidden width."""
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    """Entropy regularisation of the Sinkhorn-Knopp assignment."""
+    sinkhorn_iterations: int = 3
+    freeze_prototypes_steps: int = 313
+    """Prototypes receive no gradient for this many optimizer steps (the paper: one ImageNet epoch)."""
+    queue_length: int = 0
+    """Earlier embeddings kept per process to fill the Sinkhorn batch (0: no queue)."""
+    queue_start_step: int = 0
+    """Optimizer step from which the queue takes part (it fills from the start)."""
+
 
 
 class SwavModel(nn.Module):
@@ -43,7 +61,7 @@ class SwavModel(nn.Module):
     def __init__(self, trunk: nn.Module, options: SwavConfig, num_global: int) -> None:
         super().__init__()
         self.trunk = trunk
-        self.projection_head = projection_mlp(trunk.num_features, options.hidden_dim, options.feature_dim)
+        self.projection_head = mlp(trunk.num_features, options.hidden_dim, options.feature_dim, norm="bn")
         self.prototypes = nn.Linear(options.feature_dim, options.num_prototypes, bias=False)
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue", torch.zeros(num_global, options.queue_length, options.feature_dim))
@@ -76,6 +94,8 @@ class SwavModel(nn.Module):
 
 @register_task("swav")
 class SwavTask(BackbonePretextTask):
+    option_groups = {"swav": SwavConfig}
+
     @classmethod
     def defaults(cls, config: PretrainConfig) -> PretrainConfig:
         config = demo_backbone_defaults(config, MultiCropConfig(global_size=64, local_size=32, num_local=4))
@@ -84,10 +104,6 @@ class SwavTask(BackbonePretextTask):
                                                   freeze_prototypes_steps=20))
         return config
 
-    def __init__(self, config: PretrainConfig) -> None:
-        super().__init__(config)
-        self.options = config.swav
-
     def build_model(self) -> SwavModel:
         return SwavModel(build_trunk(self.config.model.backbone), self.options, self.config.crops.num_global)
 
@@ -95,7 +111,7 @@ class SwavTask(BackbonePretextTask):
         heads = {f"projection_head.{k}": v for k, v in model.projection_head.state_dict().items()}
         return {**heads, "prototypes.weight": model.prototypes.weight.detach()}
 
-    def compute_loss(self, model: nn.Module, batch: Views) -> TermsLoss:
+    def compute_loss(self, model: nn.Module, batch: Views) -> LossOutput:
         swav: SwavModel = extract_model_from_parallel(model)
         swav.normalize_prototypes()
         frozen = bool(swav.batches_seen < self.options.freeze_prototypes_steps)
@@ -105,7 +121,7 @@ class SwavTask(BackbonePretextTask):
         loss = swapped_prediction_loss(scores, codes, self.options.temperature)
         if swav.training:
             swav.batches_seen += 1
-        return TermsLoss(loss, {"loss_swav": loss.detach()})
+        return LossOutput(loss, {"loss_swav": loss.detach()})
 
     @torch.no_grad()
     def _codes(self, swav: SwavModel, view: int, embedding: Tensor, scores: Tensor) -> Tensor:

@@ -5,18 +5,15 @@ step fails."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
-from detr_ssl.config import demo_pretrain
-from detr_ssl.datasets.multicrop import BLUR_SIGMA, MultiCropDataset, view_transform
+from detr_ssl.datasets.multicrop import BLUR_SIGMA, CropSpec, MultiCropDataset, ViewTransform, collate_views
 from detr_ssl.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from detr_ssl.tasks import TASKS
+from detr_ssl.tasks import get_task
 
 VIEWS_PER_KIND = 500
 
@@ -28,8 +25,8 @@ def colourful_image(seed: int = 0) -> Image.Image:
 
 def task_views(name: str) -> MultiCropDataset:
     """The multi-crop dataset the task trains on (its demo preset's crops)."""
-    config = TASKS[name].defaults(replace(demo_pretrain(), task=name))
-    dataset = TASKS[name](config).build_dataset([(colourful_image(), None)])
+    config = get_task(name).preset_config("demo")
+    dataset = get_task(name)(config).build_dataset([(colourful_image(), None)])
     assert isinstance(dataset, MultiCropDataset)
     return dataset
 
@@ -56,7 +53,7 @@ def test_every_swav_crop_is_jittered_greyed_and_blurred_at_the_released_rates(ki
     num_global = dataset.specs.count(dataset.specs[0])
     assert 0 < num_global < len(dataset.specs)  # the demo has both kinds
     spec = dataset.specs[0] if kind == "global" else dataset.specs[-1]
-    transform = view_transform(spec)
+    transform = ViewTransform(spec)
 
     jittered: list[int] = []
     real_jitter = T.ColorJitter.forward
@@ -72,7 +69,7 @@ def test_every_swav_crop_is_jittered_greyed_and_blurred_at_the_released_rates(ki
     monkeypatch.setattr(Image.Image, "filter", spy_filter)
     image = colourful_image()
     torch.manual_seed(0)
-    views = [transform(image) for _ in range(VIEWS_PER_KIND)]
+    views = [transform(image).image for _ in range(VIEWS_PER_KIND)]
 
     assert all(view.shape == (3, spec.size, spec.size) for view in views)
     rates = {"jitter": len(jittered) / VIEWS_PER_KIND, "grey": sum(map(is_grey, views)) / VIEWS_PER_KIND,
@@ -86,10 +83,10 @@ def test_every_swav_crop_is_jittered_greyed_and_blurred_at_the_released_rates(ki
 
 def test_swav_jitters_at_strength_one_and_densecl_at_half() -> None:
     for spec in task_views("swav").specs:  # the released SwAV: ColorJitter(0.8, 0.8, 0.8, 0.2)
-        (ranges,) = jitter_ranges(view_transform(spec))
+        (ranges,) = jitter_ranges(ViewTransform(spec).photometric)
         assert ranges == pytest.approx([0.2, 1.8, 0.2, 1.8, 0.2, 1.8, -0.2, 0.2])
     for spec in task_views("densecl").specs:  # the released DenseCL: ColorJitter(0.4, 0.4, 0.4, 0.1)
-        (ranges,) = jitter_ranges(view_transform(spec))
+        (ranges,) = jitter_ranges(ViewTransform(spec).photometric)
         assert ranges == pytest.approx([0.6, 1.4, 0.6, 1.4, 0.6, 1.4, -0.1, 0.1])
         assert spec.blur_probability == 0.5
 
@@ -102,5 +99,50 @@ def test_views_follow_torchs_seed() -> None:
     again = dataset[0]
     torch.manual_seed(4)
     other = dataset[0]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert all(torch.equal(a.image, b.image) and torch.equal(a.box, b.box) for a, b in zip(first, again))
+    assert not all(torch.equal(a.image, b.image) for a, b in zip(first, other))
+
+
+def test_a_view_records_the_crop_and_flip_it_shows() -> None:
+    """The recorded box and flip reproduce the view: cropping the original at the box, resizing and (when
+    flipped) mirroring gives the view's pixels before the colour augmentation."""
+    image = colourful_image(seed=1).resize((120, 90))
+    spec = CropSpec(32, (0.2, 0.6), color_strength=0.0, blur_probability=0.0)
+    transform = ViewTransform(spec)
+    transform.photometric = T.ToTensor()  # geometry only
+    flips = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        view = transform(image)
+        x0, y0, x1, y1 = view.box.int().tolist()
+        assert 0 <= x0 < x1 <= 120 and 0 <= y0 < y1 <= 90 and view.image_size.tolist() == [90, 120]
+        expected = image.crop((x0, y0, x1, y1)).resize((32, 32), Image.BILINEAR, reducing_gap=None)
+        if view.flipped:
+            expected = expected.transpose(Image.FLIP_LEFT_RIGHT)
+        assert (view.image - T.ToTensor()(expected)).abs().mean() < 0.02
+        flips.add(view.flipped)
+    assert flips == {True, False}
+
+
+def test_collated_views_carry_their_geometry() -> None:
+    dataset = MultiCropDataset([(colourful_image(seed=s), None) for s in range(3)],
+                               [CropSpec(32, (0.2, 1.0)), CropSpec(16, (0.05, 0.2))])
+    torch.manual_seed(0)
+    samples = [dataset[i] for i in range(3)]
+    batch = collate_views(samples)
+    assert [crop.shape for crop in batch.crops] == [(3, 3, 32, 32), (3, 3, 16, 16)]
+    for v, geometry in enumerate(batch.geometry):
+        assert torch.equal(geometry.boxes, torch.stack([sample[v].box for sample in samples]))
+        assert geometry.flipped.tolist() == [sample[v].flipped for sample in samples]
+        assert geometry.image_sizes.tolist() == [[96, 96]] * 3
+
+
+@pytest.mark.parametrize("probability", [0.0, 1.0])
+def test_solarize_inverts_bright_pixels_when_asked(probability: float) -> None:
+    grey = Image.new("RGB", (64, 48), (200, 200, 200))  # unchanged by greyscale and by a blur
+    spec = CropSpec(16, (0.5, 1.0), jitter=(0.0, 0.0, 0.0, 0.0), blur_probability=0.0,
+                    solarize_probability=probability)
+    view = ViewTransform(spec)(grey).image
+    pixels = view * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    expected = (255 - 200) / 255 if probability else 200 / 255
+    torch.testing.assert_close(pixels, torch.full_like(pixels, expected), atol=1e-5, rtol=0)

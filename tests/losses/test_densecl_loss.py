@@ -7,7 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from detr_ssl.losses.densecl import dense_correspondence, dense_info_nce, info_nce
+from detr_ssl.losses.contrastive import info_nce
+from detr_ssl.losses.densecl import dense_correspondence, dense_info_nce
 
 
 def test_correspondence_recovers_a_permutation_of_rescaled_locations() -> None:

@@ -97,7 +97,7 @@ def nan_on_one_rank(out_dir: Path, mode: str) -> int:
 
     from detr_ssl.config import OptimConfig, RunConfig
     from detr_ssl.engine.trainer import NonFiniteLossError, Trainer
-    from detr_ssl.tasks.base import TermsLoss
+    from detr_ssl.losses.output import LossOutput
     from toy_training import Numbers
 
     accelerator = Accelerator(cpu=True)
@@ -106,12 +106,12 @@ def nan_on_one_rank(out_dir: Path, mode: str) -> int:
     class NanOnRankOne:
         calls = 0
 
-        def compute_loss(self, model: nn.Module, batch: Tensor) -> TermsLoss:
+        def compute_loss(self, model: nn.Module, batch: Tensor) -> LossOutput:
             self.calls += 1
             fit = ((model(batch) - 2 * batch) ** 2).mean()
             if rank == 1 and self.calls == 3:
                 fit = fit * float("nan")
-            return TermsLoss(fit, {"loss_fit": fit.detach()})
+            return LossOutput(fit, {"loss_fit": fit.detach()})
 
     torch.manual_seed(0)
     run = RunConfig(output_dir=out_dir / "run", log_every=1, checkpoint_every=100, on_nonfinite=mode)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from detr_ssl.config import OptimConfig, RunConfig
 from detr_ssl.engine.trainer import MAX_CONSECUTIVE_SKIPS, NonFiniteLossError, Trainer
 from detr_ssl.errors import NonFiniteError
-from detr_ssl.tasks.base import TermsLoss
+from detr_ssl.losses.output import LossOutput
 from toy_training import Numbers
 
 
@@ -24,13 +24,13 @@ class PoisonedTask:
         self.poisoned = poisoned
         self.raise_instead = raise_instead
 
-    def compute_loss(self, model: nn.Module, batch: Tensor) -> TermsLoss:
+    def compute_loss(self, model: nn.Module, batch: Tensor) -> LossOutput:
         fit = ((model(batch) - 2 * batch) ** 2).mean()
         if self.poisoned & {int(v) for v in batch.flatten()}:
             if self.raise_instead:
                 raise NonFiniteError("non-finite matching cost: the predicted logits or boxes contain NaN or inf")
             fit = fit * float("nan")
-        return TermsLoss(fit, {"loss_fit": fit.detach()})
+        return LossOutput(fit, {"loss_fit": fit.detach()})
 
 
 def _train(tmp_path: Path, poisoned: set[int], on_nonfinite: str, raise_instead: bool = False,

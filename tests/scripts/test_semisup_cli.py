@@ -14,7 +14,7 @@ import torch
 
 from launch import run_captured
 
-from detr_ssl.cli.benchmark import RunData
+from detr_ssl.cli.finetune_runs import RunData
 from detr_ssl.cli.common import run_main
 from detr_ssl.cli.semisup import (
     DEMO_PRETRAIN_CHAIN,
@@ -27,10 +27,10 @@ from detr_ssl.cli.semisup import (
     run_chain,
     step_argv,
 )
-from detr_ssl.config import parse_pretrain_args
+from detr_ssl.cli.pretrain import parse_pretrain_args
 from detr_ssl.errors import ConfigError, DataError
 from detr_ssl.protocols.report import aggregate
-from detr_ssl.tasks import TASKS
+from detr_ssl.tasks import all_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--preset", "demo", "--model-size", "tiny", "--batch-size", "4", "--num-workers", "0"]
@@ -162,7 +162,7 @@ def test_chain_step_flags(tmp_path: Path) -> None:
     assert (cfg.task, cfg.preset, cfg.optim.epochs, cfg.backbone_init) == ("detreg", "demo", 3, Path(swav_file))
     assert cfg.data.data == data.train_json and cfg.detreg.teacher_checkpoint == Path(swav_file)
     for step in DEMO_PRETRAIN_CHAIN:  # the demo's own flags parse too
-        assert step.task in TASKS and parse_pretrain_args(step_argv(step, tmp_path, data, None)).task == step.task
+        assert step.task in all_tasks() and parse_pretrain_args(step_argv(step, tmp_path, data, None)).task == step.task
 
 
 def test_chain_runs_once_and_hands_over_the_last_detector(small_data, tmp_path: Path, capsys) -> None:

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from detr_ssl.config import demo_pretrain, parse_pretrain_args, with_backbone_init
+from detr_ssl.cli.pretrain import parse_pretrain_args
+from detr_ssl.config import LossConfig, with_backbone_init
 from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.collate import collate_detection
 from detr_ssl.datasets.transforms import Compose, RandomHorizontalFlip, RandomSizeCrop, ToTensor
@@ -118,7 +119,7 @@ def _matched_setup(num_layers: int = 3, queries: int = 6, dim: int = 5):
 
 def test_each_query_regresses_the_embedding_of_the_proposal_it_matched() -> None:
     output, targets, embeddings, predicted = _matched_setup()
-    criterion = build_criterion(1, demo_pretrain().loss)
+    criterion = build_criterion(1, LossConfig())
     indices = criterion(output, targets).indices
     for image, (queries, matched) in enumerate(indices):
         predicted[-1, image, queries] = embeddings[image][matched]
@@ -136,7 +137,7 @@ def test_each_query_regresses_the_embedding_of_the_proposal_it_matched() -> None
 def test_embedding_loss_layers(layers: str, expected_terms: int) -> None:
     output, targets, embeddings, predicted = _matched_setup()
     predicted.requires_grad_(True)
-    criterion = build_criterion(1, demo_pretrain().loss)
+    criterion = build_criterion(1, LossConfig())
     loss = detreg_loss(criterion, output, predicted, targets, embeddings, embedding_layers=layers)
     terms = sorted(name for name in loss.terms if name.startswith("loss_embedding"))
     assert len(terms) == expected_terms

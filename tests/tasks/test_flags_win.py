@@ -13,14 +13,15 @@ import torch
 
 from detr_ssl.cli.common import run_main
 from detr_ssl.cli.pretrain import main
-from detr_ssl.config import PretrainConfig, parse_pretrain_args, with_backbone_init
+from detr_ssl.cli.pretrain import parse_pretrain_args
+from detr_ssl.config import PretrainConfig, with_backbone_init
 from detr_ssl.errors import ConfigError
-from detr_ssl.tasks import TASKS
+from detr_ssl.tasks import all_tasks, get_task
 
 SCHEDULE_FLAGS = ["--lr", "5e-5", "--epochs", "3", "--lr-drop", "2"]
 # The paper recipe starts from real weights (DetReg refuses to run it without them); the files are not read here.
-PRESETS = {"demo": [],
-           "paper": ["--preset", "paper", "--teacher-checkpoint", "swav.pth", "--backbone-init", "swav.pth"]}
+PRESETS = {"demo": [], "paper": ["--preset", "paper", "--backbone-init", "swav.pth"]}
+TEACHER = {"detreg": ["--teacher-checkpoint", "swav.pth"]}
 
 
 def parsed_as_pretrain_sees_it(argv: list[str]) -> PretrainConfig:
@@ -30,11 +31,12 @@ def parsed_as_pretrain_sees_it(argv: list[str]) -> PretrainConfig:
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(all_tasks()))
 def test_schedule_flags_survive_every_task(name: str, preset: str) -> None:
-    parsed = parsed_as_pretrain_sees_it(["--task", name, *SCHEDULE_FLAGS, *PRESETS[preset]])
+    teacher = TEACHER.get(name, []) if preset == "paper" else []
+    parsed = parsed_as_pretrain_sees_it(["--task", name, *SCHEDULE_FLAGS, *PRESETS[preset], *teacher])
     assert parsed.preset == preset
-    configured = TASKS[name].configure(parsed)
+    configured = get_task(name).configure(parsed)
     assert (configured.optim.lr, configured.optim.epochs, configured.optim.lr_drop) == (5e-5, 3, 2)
     assert configured == parsed  # configure() checks; it never rewrites what the flags and defaults gave
 
@@ -47,15 +49,15 @@ def test_updetr_defaults_are_the_papers_until_a_flag_says_otherwise() -> None:
     assert (demo.model.num_queries, demo.updetr.num_patches, demo.model.train_backbone) == (30, 3, False)
     flags = parse_pretrain_args(["--task", "updetr", "--preset", "paper", "--model.num-queries", "200",
                                  "--model.train-backbone"])
-    configured = TASKS["updetr"].configure(flags)
+    configured = get_task("updetr").configure(flags)
     assert (configured.model.num_queries, configured.model.train_backbone) == (200, True)
-    assert TASKS["updetr"](configured).queries_per_patch == 20
+    assert get_task("updetr")(configured).queries_per_patch == 20
 
 
 def test_pairdetr_backbone_is_frozen_by_default_only() -> None:
     assert not parse_pretrain_args(["--task", "pairdetr"]).model.train_backbone
     flags = parse_pretrain_args(["--task", "pairdetr", "--model.train-backbone"])
-    assert TASKS["pairdetr"].configure(flags).model.train_backbone
+    assert get_task("pairdetr").configure(flags).model.train_backbone
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -70,7 +72,7 @@ def test_pairdetr_backbone_is_frozen_by_default_only() -> None:
 def test_a_value_the_task_cannot_run_is_refused_naming_the_flags(argv: list[str], message: str) -> None:
     config = parse_pretrain_args(argv)
     with pytest.raises(ConfigError) as info:
-        TASKS[config.task].configure(config)
+        get_task(config.task).configure(config)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
@@ -86,8 +88,8 @@ def test_updetr_splits_changed_queries_evenly_among_changed_patches() -> None:
     """--updetr.num-patches 5 on the demo's 30 queries: 6 queries per patch, and a training step runs."""
     from detr_ssl.datasets.collate import Batch
 
-    config = TASKS["updetr"].configure(parse_pretrain_args(["--task", "updetr", "--updetr.num-patches", "5"]))
-    task = TASKS["updetr"](config)
+    config = get_task("updetr").configure(parse_pretrain_args(["--task", "updetr", "--updetr.num-patches", "5"]))
+    task = get_task("updetr")(config)
     assert task.queries_per_patch == 6
     torch.manual_seed(0)
     model = task.build_model()

@@ -11,15 +11,14 @@ import pytest
 import torch
 
 from detr_ssl.cli.pretrain import pretrain
-from detr_ssl.config import demo_pretrain
 from detr_ssl.engine.checkpoint import load_pretrained
 from detr_ssl.models.config import model_preset
 from detr_ssl.models.deformable_detr import build_model
 from detr_ssl.models.pair_detr import PairDETR
-from detr_ssl.tasks import TASKS
+from detr_ssl.tasks import all_tasks, get_task
 from detr_ssl.tasks.backbone_pretext import BackbonePretextTask
 
-DETECTOR_TASKS = sorted(name for name, cls in TASKS.items() if not issubclass(cls, BackbonePretextTask))
+DETECTOR_TASKS = sorted(name for name, cls in all_tasks().items() if not issubclass(cls, BackbonePretextTask))
 PAIR_ONLY = ("corner_", "center_embedding")
 
 
@@ -30,13 +29,13 @@ def _series(path: Path, tag: str) -> list[float]:
 
 @pytest.mark.parametrize("task", DETECTOR_TASKS)
 def test_pretext_loss_decreases_and_checkpoint_fine_tunes(task: str, demo_photos: Path, tmp_path: Path) -> None:
-    base = demo_pretrain()
+    base = get_task(task).preset_config("demo")
     images = tmp_path / "images"
     images.mkdir()
     for photo in sorted(demo_photos.iterdir())[:4]:
         (images / photo.name).write_bytes(photo.read_bytes())
     cfg = replace(
-        base, task=task,
+        base,
         data=replace(base.data, data=images, train_scales=(96,), max_size=96),
         optim=replace(base.optim, epochs=25, batch_size=4, lr=1e-3, lr_drop=1000),
         run=replace(base.run, output_dir=tmp_path / "run", log_every=1, checkpoint_every=1000),

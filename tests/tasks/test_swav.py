@@ -10,15 +10,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from detr_ssl.config import MultiCropConfig, SwavConfig, demo_pretrain
 from detr_ssl.models.config import model_preset
 from detr_ssl.datasets.multicrop import Views
 from detr_ssl.losses.swav import sinkhorn_knopp
-from detr_ssl.tasks.swav import SwavTask
+from detr_ssl.tasks.backbone_pretext import MultiCropConfig
+from detr_ssl.tasks.swav import SwavConfig, SwavTask
 
 
 def _task(**swav: object) -> SwavTask:
-    cfg = replace(demo_pretrain(), task="swav", model=model_preset("tiny"),
+    cfg = replace(SwavTask.preset_config("demo"), model=model_preset("tiny"),
                   crops=MultiCropConfig(global_size=32, local_size=16, num_global=2, num_local=1),
                   swav=SwavConfig(num_prototypes=6, feature_dim=8, hidden_dim=16, **swav))
     return SwavTask(cfg)

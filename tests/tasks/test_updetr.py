@@ -25,11 +25,10 @@ def test_patches_lie_inside_each_image_and_respect_the_minimum_side() -> None:
 
 def test_patch_targets_are_the_cropped_boxes(monkeypatch) -> None:
     """The boxes the task asks the crop path for are the boxes the detector is trained to find."""
-    from detr_ssl.config import demo_pretrain
     from detr_ssl.datasets.collate import Batch
     from detr_ssl.tasks import updetr as module
 
-    cfg = module.UpDetrTask.configure(demo_pretrain())
+    cfg = module.UpDetrTask.configure(module.UpDetrTask.preset_config("demo"))
     task = module.UpDetrTask(cfg)
     model = task.build_model()
     seen: dict[str, object] = {}

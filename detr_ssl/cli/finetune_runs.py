@@ -8,16 +8,20 @@ exists is finished and is skipped on a rerun; an unfinished one resumes from its
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import os
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import tyro
 
-from detr_ssl.config import FINETUNE_PRESETS, FinetuneConfig
+from detr_ssl.config import FINETUNE_PRESETS, DataConfig, FinetuneConfig, OptimConfig, RunConfig
 from detr_ssl.datasets.coco_json import read_json
 from detr_ssl.errors import ConfigError, DataError
 from detr_ssl.models.config import model_preset
@@ -25,24 +29,37 @@ from detr_ssl.models.config import model_preset
 C = TypeVar("C")
 
 
+@functools.cache
+def _field_docs(config_cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under the field in ``config_cls``'s body, on one line."""
+    classdef = ast.parse(textwrap.dedent(inspect.getsource(config_cls))).body[0]
+    body = classdef.body if isinstance(classdef, ast.ClassDef) else []
+    return {field.target.id: " ".join(doc.value.value.split()) for field, doc in zip(body, body[1:])
+            if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+
+
+def _finetune_help(config_cls: type, name: str) -> Any:
+    """The tyro help of a `finetune` flag that a benchmark sets for all its runs: the docstring of field
+    ``name`` of ``config_cls`` (a part of `FinetuneConfig`), so the flag is documented once, there."""
+    return tyro.conf.arg(help=_field_docs(config_cls)[name])
+
+
 @dataclass(frozen=True)
 class TrainingOptions:
     """How every fine-tuning run of the benchmark trains; everything else follows the finetune preset."""
 
-    preset: Literal["demo", "paper"] = "paper"
+    preset: Literal["demo", "paper"] = FinetuneConfig.preset
     """Fine-tuning recipe (image sizes, learning rates): 'paper' (Deformable DETR) or 'demo' (tiny images)."""
-    model_size: Literal["tiny", "r50"] = "r50"
+    model_size: Literal["tiny", "r50"] = FinetuneConfig.model_size
     """Architecture preset of the detector."""
-    batch_size: int = 2
-    """Images per process per step."""
-    num_workers: int = 2
-    """Data-loading worker processes."""
-    checkpoint_every: int = 10
-    """Checkpoint every N epochs (and after the last), so an interrupted run resumes."""
-    max_steps: int | None = None
-    """Stop every run after this many optimizer steps (smoke tests)."""
-    cpu: bool = False
-    """Force the CPU even when a GPU is present."""
+    # The `finetune` flags of the same name, with finetune's help and defaults (but a checkpoint every 10
+    # epochs instead of every epoch).
+    batch_size: Annotated[int, _finetune_help(OptimConfig, "batch_size")] = OptimConfig.batch_size
+    num_workers: Annotated[int, _finetune_help(DataConfig, "num_workers")] = DataConfig.num_workers
+    checkpoint_every: Annotated[int, _finetune_help(RunConfig, "checkpoint_every")] = 10
+    max_steps: Annotated[int | None, _finetune_help(RunConfig, "max_steps")] = RunConfig.max_steps
+    cpu: Annotated[bool, _finetune_help(RunConfig, "cpu")] = RunConfig.cpu
 
 
 @dataclass(frozen=True)
@@ -123,7 +140,7 @@ def finished(result_file: Path) -> Any | None:
     return read_json(result_file) if result_file.is_file() else None
 
 
-class Progress:
+class RunProgressLog:
     """Prints one line when each run of a benchmark starts, is skipped, or ends (with its duration)."""
 
     def __init__(self, total: int) -> None:

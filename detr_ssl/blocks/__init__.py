@@ -1,0 +1,12 @@
+"""Building blocks shared by the dense self-supervised pretext tasks (DenseCL, PixPro, LC-loss, DenseSiam,
+RegionCL), each written and tested once:
+
+- :mod:`~detr_ssl.blocks.geometry`: where cells and pixels of two augmented views lie in the image and in
+  each other (cell centres, PixPro's positive mask, point mapping, crop overlap).
+- :mod:`~detr_ssl.blocks.momentum`: momentum (EMA) encoders and BYOL's cosine momentum schedule.
+- :mod:`~detr_ssl.blocks.queue`: a ring-buffer queue of negative keys shared by all processes.
+- :mod:`~detr_ssl.blocks.heads`: the projector / predictor MLPs (linear or 1x1 conv).
+- :mod:`~detr_ssl.blocks.pooling`: masked average pooling and one-box-per-image RoIAlign.
+
+The losses built from them live in :mod:`detr_ssl.losses.contrastive`.
+"""

@@ -1,0 +1,237 @@
+"""PixPro backbone pretraining (Xie et al., "Propagate Yourself: Exploring Pixel-Level Consistency for
+Unsupervised Visual Representation Learning", CVPR 2021; arXiv 2011.10043).
+
+Two views of each image (BYOL's asymmetric augmentation) go through an online and a momentum target
+encoder, each the ResNet trunk plus a 1x1-conv projector on its last feature map. On the online side the
+pixel propagation module (PPM) smooths every projection map: location i becomes
+``sum_j max(cos(x_i, x_j), 0) ** gamma * g(x_j)`` (g a 1x1 conv, its output L2-normalised per location),
+then L2-normalised. The loss pulls each propagated cell of one view towards the target cells of the other
+view that show the same place of the image (centres closer than 0.7 of a cell diagonal, measured in the
+released code's normalised crop coordinates, flips included), both directions summed. The target encoder
+follows the online one with a momentum rising from 0.99 to 1 along a half cosine over the whole run.
+
+Choices and known differences from the released code (github.com/zdaxie/PixPro, the defaults of
+``tools/pixpro_base_r50_100ep.sh``):
+
+- No instance branch (the release's ``--pixpro-ins-loss-weight``, 0 in its training scripts).
+- Per-process BatchNorm statistics instead of SyncBatchNorm (which does not run on CPU); each view goes
+  through each encoder as its own batch, as released.
+- The cosine momentum schedule's length K is the number of batches the run trains: ``--optim.epochs`` x
+  batches per epoch per process (or fewer when ``--max-steps`` ends the run first), computed when the
+  dataset is built; ``--pixpro.momentum-steps`` fixes it instead. The release drops a last, partial batch
+  and sets K = int(images / processes / batch * epochs), a little more than it trains. The step counter is a
+  model buffer, so a resumed run continues the schedule; the update runs once per training batch (also with
+  gradient accumulation) and, as released, moves parameters only: the target keeps its own BatchNorm
+  statistics.
+- The cells are the trunk's native output grid (7x7 for a ResNet-50 at 224 px, as released).
+- AdamW from the shared optimiser config instead of LARS (base lr 1.0 per 256 images, weight decay 1e-5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from detr_ssl.blocks.geometry import positive_mask
+from detr_ssl.blocks.heads import mlp
+from detr_ssl.blocks.momentum import cosine_momentum, ema_update_, momentum_copy
+from detr_ssl.config import PretrainConfig
+from detr_ssl.datasets import ImageFolderDataset
+from detr_ssl.datasets.multicrop import ViewGeometry, Views
+from detr_ssl.errors import ConfigError
+from detr_ssl.losses.output import LossOutput
+from detr_ssl.losses.pixpro import pixel_consistency_loss, pixel_propagation
+from detr_ssl.tasks import register_task
+from detr_ssl.tasks.backbone_pretext import (
+    BackbonePretextTask,
+    batches_per_run,
+    build_trunk,
+    byol_crops,
+    two_view_defaults,
+)
+
+
+@dataclass(frozen=True)
+class PixProConfig:
+    """PixPro: pixel-to-propagation consistency with a momentum target encoder (Xie et al., 2021)."""
+
+    feature_dim: int = 256
+    """Projector output width (and the PPM's)."""
+    hidden_dim: int = 4096
+    """Projector hidden width (1x1 conv -> BatchNorm -> ReLU -> 1x1 conv)."""
+    power: float = 2.0
+    """Sharpness gamma of the PPM's similarity weights (released --pixpro-p of the training script)."""
+    clamp_value: float = 0.0
+    """Similarities below this are raised to it before the power (released: 0, only positive ones count)."""
+    transform_layers: int = 1
+    """The PPM's value transform g: 0 identity, 1 a 1x1 conv, 2 conv -> BatchNorm -> ReLU -> conv."""
+    momentum: float = 0.99
+    """Target = momentum * target + (1 - momentum) * online, momentum rising along a half cosine to 1."""
+    momentum_steps: int = 0
+    """Length K of the momentum schedule in batches; 0: the whole run (epochs x batches per epoch, or
+    --max-steps x accumulation steps when that ends it first)."""
+    positive_radius: float = 0.7
+    """Two cells are a positive pair when their centres are closer than this many cell diagonals."""
+
+
+class PixProOutputs(NamedTuple):
+    """One batch through both encoders (a tuple, so DDP and Accelerate walk it); maps ``(B, D, h, w)``,
+    L2-normalised along D."""
+
+    prediction_1: Tensor
+    """Online projection of view 1 after the PPM."""
+    prediction_2: Tensor
+    target_1: Tensor
+    """Target projection of view 1 (no gradient)."""
+    target_2: Tensor
+
+
+class PixProEncoder(nn.Module):
+    """Trunk + 1x1-conv projector: images ``(B, 3, H, W)`` -> projection maps ``(B, D, h, w)``, unnormalised."""
+
+    def __init__(self, trunk: nn.Module, options: PixProConfig) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.projector = mlp(trunk.num_features, options.hidden_dim, options.feature_dim, norm="bn", conv=True)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.projector(self.trunk.forward_features(images))
+
+
+def value_transform(dim: int, layers: int) -> nn.Module:
+    """The PPM's g for ``--pixpro.transform-layers`` 0, 1 or 2 (the released options)."""
+    if layers == 0:
+        return nn.Identity()
+    if layers == 1:
+        return nn.Conv2d(dim, dim, 1)
+    return mlp(dim, dim, dim, norm="bn", conv=True)
+
+
+class PixelPropagation(nn.Module):
+    """The PPM: :func:`~detr_ssl.losses.pixpro.pixel_propagation` of a projection map with its own value
+    transform, L2-normalised per location."""
+
+    def __init__(self, options: PixProConfig) -> None:
+        super().__init__()
+        self.transform = value_transform(options.feature_dim, options.transform_layers)
+        self.power = options.power
+        self.clamp_value = options.clamp_value
+
+    def forward(self, projections: Tensor) -> Tensor:
+        propagated = pixel_propagation(projections, self.transform(projections), self.power, self.clamp_value)
+        return F.normalize(propagated, dim=1)
+
+
+class PixProModel(nn.Module):
+    """Online encoder + PPM, the momentum target encoder, and the count of momentum updates (a buffer, so
+    a resumed run continues the schedule)."""
+
+    def __init__(self, trunk: nn.Module, options: PixProConfig) -> None:
+        super().__init__()
+        self.encoder = PixProEncoder(trunk, options)
+        self.propagation = PixelPropagation(options)
+        self.momentum_encoder = momentum_copy(self.encoder)
+        self.register_buffer("momentum_updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The online trunk: what the export writes."""
+        return self.encoder.trunk
+
+    def forward(self, view_1: Tensor, view_2: Tensor) -> PixProOutputs:
+        """Each view through each encoder as its own batch (so BatchNorm sees one view at a time)."""
+        prediction_1 = self.propagation(self.encoder(view_1))
+        prediction_2 = self.propagation(self.encoder(view_2))
+        with torch.no_grad():
+            target_1 = F.normalize(self.momentum_encoder(view_1), dim=1)
+            target_2 = F.normalize(self.momentum_encoder(view_2), dim=1)
+        return PixProOutputs(prediction_1, prediction_2, target_1, target_2)
+
+    @torch.no_grad()
+    def update_target(self, base_momentum: float, total_steps: int) -> None:
+        """Moves the target's parameters towards the online ones (BatchNorm statistics stay the target's)
+        with the cosine-scheduled momentum of this update, held at 1 from ``total_steps`` on."""
+        step = min(int(self.momentum_updates), total_steps)
+        momentum = cosine_momentum(base_momentum, step, total_steps)
+        ema_update_(self.momentum_encoder, self.encoder, momentum, copy_buffers=False)
+        self.momentum_updates += 1
+
+
+def positive_pairs(view_a: ViewGeometry, view_b: ViewGeometry, grid: tuple[int, int], radius: float) -> Tensor:
+    """``(B, h*w, h*w)`` bool: cells of view a and view b (same ``grid``) whose centres are closer than
+    ``radius`` cell diagonals, in the released code's normalised crop coordinates (its mask bit for bit)."""
+    return positive_mask(view_a.boxes, view_a.flipped, view_b.boxes, view_b.flipped, grid, grid, radius,
+                         image_sizes=view_a.image_sizes)
+
+
+@register_task("pixpro")
+class PixProTask(BackbonePretextTask):
+    option_groups = {"pixpro": PixProConfig}
+    two_views_only = byol_views = True
+
+    @classmethod
+    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
+        """The released views: two 224 px crops of 8% to 100% of the image (its --crop 0.08)."""
+        # 64 px on the demo: the ResNet-18's grid is 2x2, yet ~99% of crop pairs still have a positive cell
+        # pair (the radius is in diagonals of the larger cell), as at 7x7.
+        config = two_view_defaults(config, byol_crops)
+        if config.preset != "demo":
+            return config
+        # Four trunk passes a step (DenseCL: two), so 120 steps instead of 200 keep the demo within minutes;
+        # the demo loss has done most of its fall by then.
+        optim = replace(config.optim, epochs=60, lr_drop=48)
+        return replace(config, optim=optim, pixpro=replace(config.pixpro, feature_dim=64, hidden_dim=256))
+
+    @classmethod
+    def configure(cls, config: PretrainConfig) -> PretrainConfig:
+        config = super().configure(config)
+        options = config.pixpro
+        if options.transform_layers not in (0, 1, 2):
+            raise ConfigError(f"--pixpro.transform-layers must be 0, 1 or 2, got {options.transform_layers}")
+        if options.power <= 0 or (options.power != int(options.power) and options.clamp_value < 0):
+            raise ConfigError(f"--pixpro.power must be positive, and a whole number when --pixpro.clamp-value is "
+                              f"negative; got {options.power} and {options.clamp_value}")
+        if not 0 <= options.momentum <= 1 or options.momentum_steps < 0:
+            raise ConfigError(f"--pixpro.momentum must lie in [0, 1] and --pixpro.momentum-steps be at least 0; "
+                              f"got {options.momentum} and {options.momentum_steps}")
+        return config
+
+    def __init__(self, config: PretrainConfig) -> None:
+        super().__init__(config)
+        self.total_steps: int | None = self.options.momentum_steps or None
+        """K of the momentum schedule; set by :meth:`build_dataset` unless ``--pixpro.momentum-steps``."""
+
+    def build_dataset(self, images: ImageFolderDataset, transforms=None) -> Dataset:
+        """The two views; also fixes the momentum schedule's length from the number of images."""
+        dataset = super().build_dataset(images, transforms)
+        if not self.options.momentum_steps:
+            run = self.config.run
+            self.total_steps = batches_per_run(len(dataset), self.config.optim, run.max_steps)
+        return dataset
+
+    def build_model(self) -> PixProModel:
+        return PixProModel(build_trunk(self.config.model.backbone), self.options)
+
+    def layout_heads(self, model: nn.Module) -> dict[str, Tensor]:
+        projector = {f"projector.{k}": v for k, v in model.encoder.projector.state_dict().items()}
+        return {**projector, **{f"propagation.{k}": v for k, v in model.propagation.state_dict().items()}}
+
+    def compute_loss(self, model: nn.Module, batch: Views) -> LossOutput:
+        pixpro: PixProModel = extract_model_from_parallel(model)
+        if pixpro.training:
+            if self.total_steps is None:
+                raise RuntimeError("PixPro's momentum schedule needs its length: call build_dataset first or "
+                                   "set --pixpro.momentum-steps")
+            pixpro.update_target(self.options.momentum, self.total_steps)
+        out: PixProOutputs = model(batch.crops[0], batch.crops[1])
+        grid = tuple(out.prediction_1.shape[-2:])
+        positives = positive_pairs(batch.geometry[0], batch.geometry[1], grid, self.options.positive_radius)
+        loss_1 = pixel_consistency_loss(out.prediction_1, out.target_2, positives)
+        loss_2 = pixel_consistency_loss(out.prediction_2, out.target_1, positives.transpose(1, 2))
+        return LossOutput(loss_1 + loss_2, {"loss_view1": loss_1.detach(), "loss_view2": loss_2.detach()})
