@@ -34,7 +34,8 @@ SWAV_LAYOUT_FILE = "backbone_swav_layout.pth"
 
 @dataclass(frozen=True)
 class MultiCropConfig:
-    """Random-resized-crop views of one image (SwAV multi-crop; DenseCL uses the two global views)."""
+    """Random-resized-crop views of one image (SwAV's multi-crop; the two-view pretexts take two global views
+    and no local ones)."""
 
     global_size: int = 224
     local_size: int = 96
@@ -46,7 +47,6 @@ class MultiCropConfig:
     color_strength: float = 1.0
     """Colour distortion strength s of every view: ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) with p=0.8
     (released SwAV: 1.0; DenseCL, as MoCo v2: 0.5)."""
-
 
 
 def build_trunk(name: str) -> nn.Module:
@@ -125,12 +125,17 @@ class BackbonePretextTask(PretextTask):
     #: Whether the views are BYOL's asymmetric pair (:func:`byol_view_specs`), whose colour jitter is fixed.
     byol_views: ClassVar[bool] = False
 
+    def __init__(self, config: PretrainConfig) -> None:
+        super().__init__(config)
+        #: The task's own option group, ``config.<name>``.
+        self.options = getattr(config, self.name)
+
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
-        if config.crops.num_global < 2:
-            raise ConfigError(f"--task {cls.name} needs at least 2 global crops, got --crops.num-global "
-                              f"{config.crops.num_global}")
         crops = config.crops
+        if crops.num_global < 2:
+            raise ConfigError(f"--task {cls.name} needs at least 2 global crops, got --crops.num-global "
+                              f"{crops.num_global}")
         if cls.two_views_only and (crops.num_global, crops.num_local) != (2, 0):
             raise ConfigError(f"--task {cls.name} compares exactly two global views; got --crops.num-global "
                               f"{crops.num_global} and --crops.num-local {crops.num_local} (use 2 and 0)")
@@ -146,11 +151,6 @@ class BackbonePretextTask(PretextTask):
     def build_dataset(self, images: ImageFolderDataset, transforms=None) -> Dataset:
         """Multi-crop views of ``images``; the detection ``transforms`` do not apply to a backbone pretext."""
         return MultiCropDataset(images, self.view_specs())
-
-    def __init__(self, config: PretrainConfig) -> None:
-        super().__init__(config)
-        #: The task's own option group, ``config.<name>``.
-        self.options = getattr(config, self.name)
 
     def layout_heads(self, model: nn.Module) -> dict[str, Tensor]:
         """Pretext heads to store beside the trunk in the SwAV-layout file (names without the prefix): by
