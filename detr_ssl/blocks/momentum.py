@@ -17,9 +17,11 @@ __all__ = ["cosine_momentum", "ema_update_", "momentum_copy"]
 
 def cosine_momentum(base: float, step: int, total_steps: int) -> float:
     """BYOL's schedule (also PixPro's): ``base`` at step 0 rising along a half cosine to 1 at
-    ``total_steps``, so the target freezes as training ends. ``total_steps <= 0`` means no schedule: ``base``."""
+    ``total_steps`` and held there (a run may outlast the planned schedule), so the target freezes as
+    training ends. ``total_steps <= 0`` means no schedule: ``base``."""
     if total_steps <= 0:
         return base
+    step = min(step, total_steps)
     return 1 - (1 - base) * (math.cos(math.pi * step / total_steps) + 1) / 2
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detr_ssl.blocks.geometry import map_points
+from detr_ssl.blocks.geometry import cell_centres, image_to_view
 from detr_ssl.datasets.multicrop import ViewGeometry
 
 __all__ = ["LC_TEMPERATURE", "as_dense_map", "corresponding_points", "lc_loss", "local_info_nce", "sample_points"]
@@ -38,33 +38,24 @@ def as_dense_map(dense: Tensor) -> Tensor:
     return dense.transpose(1, 2).reshape(batch, dim, side, side)
 
 
-def _cell_points(grid: tuple[int, int], size: tuple[int, int], batch: int, like: Tensor) -> Tensor:
-    """``(B, h*w, 2)`` view-pixel ``(x, y)`` of the centres of a ``grid`` of cells covering a view of ``size``."""
-    (h, w), (out_h, out_w) = grid, size
-    x = (torch.arange(w, dtype=like.dtype, device=like.device) + 0.5) * (out_w / w)
-    y = (torch.arange(h, dtype=like.dtype, device=like.device) + 0.5) * (out_h / h)
-    points = torch.stack(torch.meshgrid(x, y, indexing="xy"), dim=-1).reshape(1, h * w, 2)
-    return points.expand(batch, -1, -1)
-
-
 def corresponding_points(
-    query: ViewGeometry, key: ViewGeometry, grid: tuple[int, int], query_size: tuple[int, int],
-    key_size: tuple[int, int],
+    query: ViewGeometry, key: ViewGeometry, grid: tuple[int, int], key_size: tuple[int, int],
 ) -> tuple[Tensor, Tensor]:
     """Where the key view shows the image point at the centre of every cell of the query view's grid.
 
     Args:
         query, key: the two views' geometry (same images, same order).
         grid: ``(h, w)`` of the query view's dense map.
-        query_size, key_size: ``(height, width)`` in pixels of the query and key views.
+        key_size: ``(height, width)`` in pixels of the key view (the query's cells are placed by its crop
+            box alone).
 
     Returns:
         ``(B, h*w, 2)`` the points in :func:`torch.nn.functional.grid_sample` coordinates of the key view
         (``align_corners=False``: -1 and 1 are the view's outer edges), and ``(B, h*w)`` bool, True where the
         point lies inside the key view (edges included).
     """
-    cells = _cell_points(grid, query_size, len(query.boxes), query.boxes)
-    points = map_points(cells, query.boxes, query.flipped, query_size, key.boxes, key.flipped, key_size)
+    centres = cell_centres(query.boxes, query.flipped, grid)
+    points = image_to_view(centres, key.boxes, key.flipped, key_size)
     extent = torch.tensor([key_size[1], key_size[0]], dtype=points.dtype, device=points.device)
     valid = ((points >= 0) & (points <= extent)).all(dim=-1)
     return points / extent * 2 - 1, valid
@@ -100,8 +91,8 @@ def local_info_nce(query: Tensor, keys: Tensor, valid: Tensor, temperature: floa
 
 
 def lc_loss(
-    query_map: Tensor, key_map: Tensor, query: ViewGeometry, key: ViewGeometry, query_size: tuple[int, int],
-    key_size: tuple[int, int], temperature: float = LC_TEMPERATURE,
+    query_map: Tensor, key_map: Tensor, query: ViewGeometry, key: ViewGeometry, key_size: tuple[int, int],
+    temperature: float = LC_TEMPERATURE,
 ) -> Tensor:
     """The LC-loss of one query view against one key view.
 
@@ -109,10 +100,10 @@ def lc_loss(
         query_map: ``(B, D, h, w)`` dense embeddings of the query view (need not be normalised).
         key_map: ``(B, D, h', w')`` dense embeddings of the key view; detach it for a stop-gradient key.
         query, key: the views' geometry.
-        query_size, key_size: the views' ``(height, width)`` in pixels.
+        key_size: the key view's ``(height, width)`` in pixels.
         temperature: softmax temperature.
     """
-    points, valid = corresponding_points(query, key, tuple(query_map.shape[2:]), query_size, key_size)
+    points, valid = corresponding_points(query, key, tuple(query_map.shape[2:]), key_size)
     anchors = F.normalize(query_map.flatten(2).transpose(1, 2), dim=-1)
     keys = F.normalize(sample_points(key_map, points), dim=-1)
     return local_info_nce(anchors, keys, valid, temperature)

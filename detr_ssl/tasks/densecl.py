@@ -183,5 +183,4 @@ class DenseClTask(BackbonePretextTask):
         if len(batch.geometry) < 2:
             raise ValueError("--densecl.lc-weight > 0 needs both views' crop geometry (Views.geometry); got none")
         return lc_loss(as_dense_map(query.dense), as_dense_map(key.dense), batch.geometry[0], batch.geometry[1],
-                       tuple(batch.crops[0].shape[-2:]), tuple(batch.crops[1].shape[-2:]),
-                       self.options.lc_temperature)
+                       tuple(batch.crops[1].shape[-2:]), self.options.lc_temperature)

@@ -181,8 +181,7 @@ class LcLossTask(BackbonePretextTask):
 
     def momentum(self, batches_seen: int) -> float:
         """The target momentum at a batch: BYOL's cosine schedule, held at 1 past its end."""
-        return cosine_momentum(self.options.base_momentum, min(batches_seen, self.schedule_batches),
-                               self.schedule_batches)
+        return cosine_momentum(self.options.base_momentum, batches_seen, self.schedule_batches)
 
     def compute_loss(self, model: nn.Module, batch: Views) -> LossOutput:
         lcloss: LcLossModel = extract_model_from_parallel(model)
@@ -197,7 +196,7 @@ class LcLossTask(BackbonePretextTask):
         for a, b in ((0, 1), (1, 0)):
             global_terms.append(byol_loss(out.predictions[a], out.target[b].projection))
             local_terms.append(lc_loss(out.online_dense[a], out.target[b].dense.detach(), batch.geometry[a],
-                                       batch.geometry[b], sizes[a], sizes[b], self.options.lc_temperature))
+                                       batch.geometry[b], sizes[b], self.options.lc_temperature))
         global_loss, local_loss = sum(global_terms) / 2, sum(local_terms) / 2
         total = global_loss + self.options.lc_weight * local_loss
         return LossOutput(total, {"loss_byol": global_loss.detach(), "loss_lc": local_loss.detach()})

@@ -157,8 +157,7 @@ class PixProModel(nn.Module):
     def update_target(self, base_momentum: float, total_steps: int) -> None:
         """Moves the target's parameters towards the online ones (BatchNorm statistics stay the target's)
         with the cosine-scheduled momentum of this update, held at 1 from ``total_steps`` on."""
-        step = min(int(self.momentum_updates), total_steps)
-        momentum = cosine_momentum(base_momentum, step, total_steps)
+        momentum = cosine_momentum(base_momentum, int(self.momentum_updates), total_steps)
         ema_update_(self.momentum_encoder, self.encoder, momentum, copy_buffers=False)
         self.momentum_updates += 1
 

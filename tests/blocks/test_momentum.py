@@ -17,6 +17,10 @@ def test_cosine_momentum_runs_from_base_to_one() -> None:
     assert math.isclose(cosine_momentum(0.9, 25, 100), 1 - 0.1 * (math.sqrt(0.5) + 1) / 2)
 
 
+def test_cosine_momentum_holds_at_one_past_the_schedule() -> None:
+    assert cosine_momentum(0.99, 101, 100) == 1.0 and cosine_momentum(0.5, 9, 4) == 1.0
+
+
 def test_cosine_momentum_without_a_schedule_is_the_base() -> None:
     assert cosine_momentum(0.996, 7, 0) == 0.996 and cosine_momentum(0.996, 7, -1) == 0.996
 

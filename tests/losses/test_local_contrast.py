@@ -26,7 +26,7 @@ def _geometry(box: tuple[float, float, float, float], flipped: bool, batch: int 
 
 
 def _sampled(query: ViewGeometry, key: ViewGeometry, key_map: torch.Tensor, grid=(4, 4), size=(32, 32)):
-    points, valid = corresponding_points(query, key, grid, size, size)
+    points, valid = corresponding_points(query, key, grid, size)
     return sample_points(key_map, points), valid
 
 
@@ -91,21 +91,21 @@ def test_cells_outside_the_key_view_get_no_gradient_and_an_empty_overlap_gives_z
     torch.manual_seed(0)
     query_map = torch.randn(1, 5, 4, 4, requires_grad=True)
     query, key = _geometry((16, 16, 48, 48), False), _geometry((24, 8, 56, 40), False)  # 9 of 16 cells valid
-    lc_loss(query_map, torch.randn(1, 5, 4, 4), query, key, (32, 32), (32, 32)).backward()
+    lc_loss(query_map, torch.randn(1, 5, 4, 4), query, key, (32, 32)).backward()
     used = query_map.grad.abs().sum(dim=1)[0] > 0
-    _, valid = corresponding_points(query, key, (4, 4), (32, 32), (32, 32))
+    _, valid = corresponding_points(query, key, (4, 4), (32, 32))
     assert torch.equal(used, valid.view(4, 4))
 
     far = _geometry((60, 60, 92, 92), False)
     query_map.grad = None
-    empty = lc_loss(query_map, torch.randn(1, 5, 4, 4), query, far, (32, 32), (32, 32))
+    empty = lc_loss(query_map, torch.randn(1, 5, 4, 4), query, far, (32, 32))
     empty.backward()
     assert empty.item() == 0 and not query_map.grad.any()
 
 
 def _warp(source_map: torch.Tensor, source: ViewGeometry, target: ViewGeometry, grid: tuple[int, int]) -> torch.Tensor:
     """The target view's map, each cell sampled from ``source_map`` at the point the target cell shows."""
-    points, _ = corresponding_points(target, source, grid, (64, 64), (64, 64))
+    points, _ = corresponding_points(target, source, grid, (64, 64))
     return sample_points(source_map, points).transpose(1, 2).reshape(source_map.shape[0], -1, *grid)
 
 
@@ -117,7 +117,7 @@ def test_the_loss_is_lowest_when_the_key_map_is_the_query_map_warped_by_the_true
     aligned = _warp(query_map, query, key, (8, 8))
     wrong_geometry = _warp(query_map, query, _geometry((32, 24, 96, 88), True, batch=2), (8, 8))
     shuffled = aligned.flatten(2)[:, :, torch.randperm(64)].view_as(aligned)
-    losses = {name: lc_loss(query_map, key_map, query, key, (64, 64), (64, 64)).item()
+    losses = {name: lc_loss(query_map, key_map, query, key, (64, 64)).item()
               for name, key_map in (("aligned", aligned), ("wrong geometry", wrong_geometry),
                                     ("shuffled", shuffled))}
     assert min(losses, key=losses.get) == "aligned", losses

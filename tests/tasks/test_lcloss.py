@@ -53,7 +53,7 @@ def test_the_loss_is_byol_plus_weighted_lc_both_ways_and_trains_the_online_netwo
         out = model(*views.crops)
     sizes = (64, 64)
     directions = [lc_loss(out.online_dense[a], out.target[b].dense, views.geometry[a], views.geometry[b], sizes,
-                          sizes, TINY.lc_temperature) for a, b in ((0, 1), (1, 0))]
+                          TINY.lc_temperature) for a, b in ((0, 1), (1, 0))]
     torch.testing.assert_close(loss.terms["loss_lc"], (directions[0] + directions[1]) / 2)
     cosines = [torch.cosine_similarity(out.predictions[a], out.target[b].projection).mean()
                for a, b in ((0, 1), (1, 0))]
@@ -127,7 +127,7 @@ def test_densecl_lc_weight_adds_the_lc_loss_and_leaves_densecls_terms_unchanged(
     views = _views()
     with torch.no_grad():
         query, key = lc_model(*views.crops)
-    expected = lc_loss(as_dense_map(query.dense), as_dense_map(key.dense), *views.geometry, (64, 64), (64, 64),
+    expected = lc_loss(as_dense_map(query.dense), as_dense_map(key.dense), *views.geometry, (64, 64),
                        options.lc_temperature)
     torch.testing.assert_close(with_lc.terms["loss_lc"], expected)
     with pytest.raises(ConfigError, match="lc-weight"):
