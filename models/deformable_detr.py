@@ -50,6 +50,29 @@ def _projection(in_channels: int, hidden_dim: int, stride: int) -> nn.Sequential
     return nn.Sequential(conv, nn.GroupNorm(min(32, hidden_dim), hidden_dim))
 
 
+def input_projections(channels: list[int], hidden_dim: int, num_levels: int) -> nn.ModuleList:
+    """The detector's ``input_proj``: a 1x1 projection of each backbone level (``channels``, shallowest
+    first) and, up to ``num_levels``, extra 3x3 stride-2 levels, the first reading the deepest backbone
+    level. Pyramid pretexts build the same module, so their export loads into the detector by name."""
+    projections = [_projection(c, hidden_dim, stride=1) for c in channels]
+    extra_in = channels[-1]
+    for _ in range(num_levels - len(channels)):
+        projections.append(_projection(extra_in, hidden_dim, stride=2))
+        extra_in = hidden_dim
+    return nn.ModuleList(projections)
+
+
+def project_levels(input_proj: nn.ModuleList, features: list[Tensor]) -> list[Tensor]:
+    """``(B, hidden_dim, H_l, W_l)`` per level: each backbone level through its projection, then the extra
+    levels, each downsampling the one before (the raw deepest backbone level for the first)."""
+    srcs = [proj(feature) for proj, feature in zip(input_proj, features)]
+    previous = features[-1]
+    for proj in list(input_proj)[len(features):]:
+        srcs.append(proj(previous))
+        previous = srcs[-1]
+    return srcs
+
+
 def _valid_ratio(mask: Tensor) -> Tensor:
     """Unpadded fraction of a ``(B, H, W)`` map along (w, h): ``(B, 2)``."""
     height, width = mask.shape[1:]
@@ -103,13 +126,7 @@ class DeformableDETR(nn.Module):
         self.backbone = Backbone(config.backbone, config.backbone_norm, backbone_levels,
                                  trainable=config.train_backbone, weights=config.backbone_weights,
                                  frozen_stages=config.backbone_frozen_stages)
-        channels = self.backbone.channels
-        projections = [_projection(c, d, stride=1) for c in channels]
-        extra_in = channels[-1]
-        for _ in range(config.num_feature_levels - backbone_levels):
-            projections.append(_projection(extra_in, d, stride=2))
-            extra_in = d
-        self.input_proj = nn.ModuleList(projections)
+        self.input_proj = input_projections(self.backbone.channels, d, config.num_feature_levels)
         self.position_encoding = SinePositionEncoding(d // 2)
         self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, d))
 
@@ -148,19 +165,13 @@ class DeformableDETR(nn.Module):
 
     def multiscale_features(self, images: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Projected feature maps, their padding masks and position encodings (+ level embedding)."""
-        srcs, masks, positions = [], [], []
         levels = self.backbone(images, mask)
-        feature = levels[-1][0]
-        for index, proj in enumerate(self.input_proj):
-            if index < len(levels):
-                feature, level_mask = levels[index]
-                src = proj(feature)
-            else:  # extra levels downsample the previous output (the raw C5 for the first one)
-                src = proj(feature if index == len(levels) else srcs[-1])
-                level_mask = F.interpolate(mask[None].float(), size=src.shape[-2:])[0].to(torch.bool)
-            srcs.append(src)
-            masks.append(level_mask)
-            positions.append(self.position_encoding(level_mask).to(src.dtype) + self.level_embed[index].view(1, -1, 1, 1))
+        srcs = project_levels(self.input_proj, [feature for feature, _ in levels])
+        masks = [level_mask for _, level_mask in levels]
+        for src in srcs[len(levels):]:
+            masks.append(F.interpolate(mask[None].float(), size=src.shape[-2:])[0].to(torch.bool))
+        positions = [self.position_encoding(level_mask).to(src.dtype) + self.level_embed[index].view(1, -1, 1, 1)
+                     for index, (src, level_mask) in enumerate(zip(srcs, masks))]
         return srcs, masks, positions
 
     def encode(self, images: Tensor, mask: Tensor) -> EncodedImages:

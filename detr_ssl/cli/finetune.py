@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 from detr_ssl.cli.common import make_accelerator, run_main
 from detr_ssl.config import DataConfig, FinetuneConfig, parse_finetune_args, to_plain, with_backbone_init
 from detr_ssl.datasets import CocoDetection, demo_detection_dataset, make_eval_transforms, make_train_transforms
-from detr_ssl.engine.checkpoint import checkpoint_backbone_norm, load_pretrained
+from detr_ssl.engine.checkpoint import checkpoint_backbone_norm, load_pretrained, loaded_parts
 from detr_ssl.engine.evaluate import make_coco_evaluate
 from detr_ssl.engine.trainer import Trainer
 from detr_ssl.errors import ConfigError, DataError
@@ -74,7 +74,8 @@ def finetune(cfg: FinetuneConfig, category_groups: Mapping[str, Sequence[int]] |
     model, task = build_supervised(cfg.architecture, cfg.model, train_set.num_classes, cfg.loss, cfg.pair)
     if cfg.pretrained is not None:
         missing, dropped = load_pretrained(model, cfg.pretrained, pretrained)
-        accelerator.print(f"initialised from {cfg.pretrained}: {len(missing)} tensors left at init, "
+        parts = ", ".join(f"{part} ({count})" for part, count in loaded_parts(model, missing).items())
+        accelerator.print(f"initialised from {cfg.pretrained}: {parts}; {len(missing)} tensors left at init, "
                           f"{len(dropped)} checkpoint tensors not used" + (f" (e.g. {dropped[:3]})" if dropped else ""))
     accelerator.print(f"training on {len(train_set)} images, evaluating on {len(val_set)} "
                       f"({accelerator.num_processes} processes)")

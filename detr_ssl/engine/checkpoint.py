@@ -119,3 +119,15 @@ def load_pretrained(model: nn.Module, path: Path, checkpoint: Any = None) -> tup
     loaded = {id(own[k]) for k in kept}
     missing = sorted(k for k, tensor in own.items() if k not in kept and id(tensor) not in loaded)
     return missing, dropped
+
+
+def loaded_parts(model: nn.Module, missing: list[str]) -> dict[str, int]:
+    """Tensors :func:`load_pretrained` initialised, counted per top-level module (``backbone``,
+    ``input_proj``, ...), in the model's order: what a fine-tune reports it took from a checkpoint."""
+    missing_keys = set(missing)
+    counts: dict[str, int] = {}
+    for key in model.state_dict():
+        if key not in missing_keys:
+            part = key.removeprefix(_WRAPPER_PREFIX).split(".")[0]
+            counts[part] = counts.get(part, 0) + 1
+    return counts

@@ -159,12 +159,19 @@ class BackbonePretextTask(PretextTask):
         return {} if encoder is None else {k: v for k, v in encoder.state_dict().items() if not k.startswith("trunk.")}
 
     def export(self, model: nn.Module, output_dir: Path) -> list[Path]:
+        """``pretrained.pth``: the trunk under the detector's ``backbone.body.`` names and, for a model with a
+        ``pyramid`` (:class:`~detr_ssl.blocks.pyramid.DetectorPyramid`), its ``input_proj.`` levels; then the
+        SwAV-layout trunk file."""
         trunk = {key: value for key, value in model.trunk.state_dict().items()
                  if not key.endswith("num_batches_tracked")}
         ours = Path(output_dir) / PRETRAINED_FILE
         config = {"backbone": self.config.model.backbone, "backbone_norm": "frozen_bn"}
-        atomic_torch_save({"model": {f"backbone.body.{k}": v for k, v in trunk.items()},
-                           "task": self.name, "config": config}, ours)
+        detector = {f"backbone.body.{k}": v for k, v in trunk.items()}
+        pyramid = getattr(model, "pyramid", None)
+        if pyramid is not None:
+            detector.update({f"input_proj.{k}": v for k, v in pyramid.input_proj.state_dict().items()})
+            config.update(hidden_dim=self.config.model.hidden_dim, num_feature_levels=len(pyramid.input_proj))
+        atomic_torch_save({"model": detector, "task": self.name, "config": config}, ours)
         layout = Path(output_dir) / SWAV_LAYOUT_FILE
         heads = self.layout_heads(model)
         atomic_torch_save({self.layout_prefix + k: v for k, v in {**trunk, **heads}.items()}, layout)
