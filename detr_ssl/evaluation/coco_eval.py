@@ -22,10 +22,12 @@ from detr_ssl.atomic_io import atomic_write_json
 from detr_ssl.box_ops import xyxy_to_xywh
 from detr_ssl.errors import DataError
 
-__all__ = ["METRIC_NAMES", "CocoEvaluator", "load_coco", "write_metrics_json"]
+__all__ = ["AGNOSTIC_MAX_DETS", "METRIC_NAMES", "CocoEvaluator", "load_coco", "write_metrics_json"]
 
 #: Keys of :meth:`CocoEvaluator.compute`, in the order of ``COCOeval.stats[:6]``.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+#: Detections per image at which :meth:`CocoEvaluator.class_agnostic_recall` reports recall (as DetReg does).
+AGNOSTIC_MAX_DETS = (10, 30, 100)
 
 
 @contextlib.contextmanager
@@ -163,6 +165,25 @@ class CocoEvaluator:
             evaluation.accumulate()
             evaluation.summarize()
         return {name: float(value) for name, value in zip(METRIC_NAMES, evaluation.stats[: len(METRIC_NAMES)])}
+
+    def class_agnostic_recall(self, max_dets: Sequence[int] = AGNOSTIC_MAX_DETS) -> dict[str, float]:
+        """``{"AR@10": ..., "AR@30": ..., "AR@100": ...}``: recall of the recorded boxes against every
+        ground-truth object whatever its category (pycocotools with ``useCats = 0``), averaged over IoU
+        0.50:0.95, for the ``n`` highest-scoring boxes of each image; how a label-free pretext's boxes are
+        judged. -1.0 when the ground truth has no object."""
+        evaluation = COCOeval(self.coco, self._results(), iouType="bbox")
+        evaluation.params.imgIds = sorted(self._detections) or sorted(self.coco.getImgIds())
+        evaluation.params.useCats = 0
+        evaluation.params.maxDets = sorted(int(n) for n in max_dets)
+        with _quiet(self.verbose):
+            evaluation.evaluate()
+            evaluation.accumulate()
+        recall = evaluation.eval["recall"][:, 0, 0, :]  # (IoU thresholds, maxDets): one class, area "all"
+        result = {}
+        for index, count in enumerate(evaluation.params.maxDets):
+            valid = recall[:, index][recall[:, index] > -1]
+            result[f"AR@{count}"] = float(valid.mean()) if len(valid) else -1.0
+        return result
 
 
 def write_metrics_json(path: str | Path, metrics: Mapping[str, float]) -> None:

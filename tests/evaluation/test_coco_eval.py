@@ -179,3 +179,41 @@ def test_write_metrics_json_is_atomic_and_strict(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="finite"):
         write_metrics_json(path, {"AP": float("nan")})
     assert json.loads(path.read_text(encoding="utf-8")) == {"AP": 0.25, "APs": -1.0}
+
+
+def _many_objects_document() -> dict:
+    """Two images: 15 objects of two categories on a grid, and 1 object."""
+    annotations = [{"id": i + 1, "image_id": 1, "category_id": 1 + i % 2,
+                    "bbox": [40.0 * (i % 5), 40.0 * (i // 5), 30.0, 30.0]} for i in range(15)]
+    annotations.append({"id": 99, "image_id": 2, "category_id": 2, "bbox": [5.0, 5.0, 50.0, 20.0]})
+    return {"images": [{"id": 1, "width": 200, "height": 120}, {"id": 2, "width": 64, "height": 64}],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}], "annotations": annotations}
+
+
+def _as_detections(boxes_xywh: list[list[float]], shift: float = 0.0) -> dict[str, torch.Tensor]:
+    boxes = torch.tensor(boxes_xywh)
+    xyxy = torch.cat((boxes[:, :2] + shift, boxes[:, :2] + boxes[:, 2:] + shift), dim=1)
+    scores = torch.linspace(1.0, 0.5, len(boxes))
+    return {"boxes": xyxy, "scores": scores, "labels": torch.zeros(len(boxes), dtype=torch.long)}
+
+
+def test_class_agnostic_recall_ignores_categories_and_counts_the_top_n_boxes() -> None:
+    document = _many_objects_document()
+    evaluator = CocoEvaluator(document, category_ids=[1, 2])
+    for image_id in (1, 2):
+        boxes = [a["bbox"] for a in document["annotations"] if a["image_id"] == image_id]
+        evaluator.update(image_id, _as_detections(boxes))  # every box labelled category 1: wrong for half
+    recall = evaluator.class_agnostic_recall()
+    assert recall["AR@30"] == pytest.approx(1.0) and recall["AR@100"] == pytest.approx(1.0)
+    assert recall["AR@10"] == pytest.approx(11 / 16)  # 10 of 15 objects in image 1, 1 of 1 in image 2
+    assert evaluator.compute()["AP"] < 1.0  # the same boxes are wrong for half the objects with categories
+
+
+def test_class_agnostic_recall_of_shifted_boxes_is_below_one() -> None:
+    document = _many_objects_document()
+    evaluator = CocoEvaluator(document, category_ids=[1, 2])
+    for image_id in (1, 2):
+        boxes = [a["bbox"] for a in document["annotations"] if a["image_id"] == image_id]
+        evaluator.update(image_id, _as_detections(boxes, shift=4.0))
+    recall = evaluator.class_agnostic_recall()
+    assert 0.0 < recall["AR@100"] < 1.0
