@@ -25,8 +25,9 @@ def mlp(
     final_norm: bool = False,
     conv: bool = False,
     bias: bool = True,
+    activation: type[nn.Module] = nn.ReLU,
 ) -> nn.Sequential:
-    """``[Linear -> (BatchNorm) -> ReLU] * (num_layers - 1) -> Linear (-> BatchNorm without affine)``.
+    """``[Linear -> (BatchNorm) -> activation] * (num_layers - 1) -> Linear (-> BatchNorm without affine)``.
 
     Args:
         in_dim, hidden_dim, out_dim: input, hidden and output widths (``hidden_dim`` unused for one layer).
@@ -35,6 +36,7 @@ def mlp(
         final_norm: a BatchNorm with ``affine=False`` after the last layer (SimSiam's projector).
         conv: 1x1 ``Conv2d`` and ``BatchNorm2d`` instead of ``Linear`` and ``BatchNorm1d``.
         bias: whether the linear / conv layers have a bias.
+        activation: the non-linearity after every hidden layer (DINO's head: ``nn.GELU``).
 
     Layers are created in sequence order, so seeding the RNG gives the same weights as the equivalent
     hand-written ``nn.Sequential``.
@@ -56,7 +58,7 @@ def mlp(
         layers.append(linear(width, hidden_dim))
         if norm == "bn":
             layers.append(batch_norm(hidden_dim))
-        layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.ReLU(inplace=True) if activation is nn.ReLU else activation())
         width = hidden_dim
     layers.append(linear(width, out_dim))
     if final_norm:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from detr_ssl.models.deformable_detr import input_projections, project_levels
 
-__all__ = ["PYRAMID_STRIDES", "DetectorPyramid", "build_pyramid", "trunk_stages"]
+__all__ = ["PYRAMID_STRIDES", "DetectorPyramid", "build_pyramid", "pyramid_strides", "trunk_stages"]
 
 PYRAMID_STRIDES = (8, 16, 32, 64, 128)
 """Stride of each pyramid level, shallowest first: C3, C4, C5, then the extra levels."""
@@ -28,6 +28,15 @@ def trunk_stages(trunk: nn.Module, images: Tensor) -> list[Tensor]:
     return stages
 
 
+def pyramid_strides(num_levels: int) -> tuple[int, ...]:
+    """Stride of each of the ``num_levels`` levels of the detector's pyramid, shallowest first: the deepest
+    ``min(3, num_levels)`` of C3-C5, then the extra levels (3 levels: 8, 16, 32; 4: 8 ... 64; 2: 16, 32)."""
+    if not 1 <= num_levels <= len(PYRAMID_STRIDES):
+        raise ValueError(f"a pyramid has 1 to {len(PYRAMID_STRIDES)} levels, got {num_levels}")
+    first = 3 - min(3, num_levels)
+    return PYRAMID_STRIDES[first:first + num_levels]
+
+
 class DetectorPyramid(nn.Module):
     """A trunk's C3-C5 projected to ``hidden_dim`` channels, plus extra stride-2 levels, ``num_levels`` in
     all (at most 3 backbone levels, as the detector reads): the detector's ``input_proj``, standalone.
@@ -40,16 +49,14 @@ class DetectorPyramid(nn.Module):
 
     def __init__(self, trunk_channels: list[int], hidden_dim: int, num_levels: int) -> None:
         super().__init__()
-        if not 1 <= num_levels <= len(PYRAMID_STRIDES):
-            raise ValueError(f"a pyramid has 1 to {len(PYRAMID_STRIDES)} levels, got {num_levels}")
+        pyramid_strides(num_levels)  # checks the level count
         self.backbone_levels = min(3, num_levels)
         self.input_proj = input_projections(list(trunk_channels[-self.backbone_levels:]), hidden_dim, num_levels)
 
     @property
     def strides(self) -> tuple[int, ...]:
         """Stride of each level, shallowest first."""
-        first = 3 - self.backbone_levels
-        return PYRAMID_STRIDES[first:first + len(self.input_proj)]
+        return pyramid_strides(len(self.input_proj))
 
     def forward(self, stages: list[Tensor]) -> list[Tensor]:
         """``[C2, C3, C4, C5]`` (:func:`trunk_stages`) -> ``(B, hidden_dim, H_l, W_l)`` per level, shallowest first."""

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detr_ssl.distributed import all_gather_cat
+from detr_ssl.distributed import all_gather_ragged
 
 __all__ = ["KeyQueue"]
 
@@ -38,11 +38,11 @@ class KeyQueue(nn.Module):
 
     @torch.no_grad()
     def push(self, keys: Tensor) -> None:
-        """Gathers ``(N, dim)`` keys from every process (rank order) and writes them over the oldest entries;
-        when more than ``length`` arrive at once only the newest ``length`` are kept. Every process must call
-        it with the same ``N``."""
+        """Gathers ``(N_p, dim)`` keys from every process (rank order; ``N_p`` may differ between processes,
+        e.g. one key per proposal) and writes them over the oldest entries; when more than ``length`` arrive
+        at once only the newest ``length`` are kept. Every process must call it."""
         length = len(self.keys)
-        gathered = all_gather_cat(keys)[-length:]
+        gathered = all_gather_ragged(keys)[-length:]
         rows = (self.pointer + torch.arange(len(gathered), device=self.keys.device)) % length
         self.keys[rows] = gathered.to(device=self.keys.device, dtype=self.keys.dtype)
         self.pointer.copy_((self.pointer + len(gathered)) % length)

@@ -124,6 +124,9 @@ class BackbonePretextTask(PretextTask):
     two_views_only: ClassVar[bool] = False
     #: Whether the views are BYOL's asymmetric pair (:func:`byol_view_specs`), whose colour jitter is fixed.
     byol_views: ClassVar[bool] = False
+    #: The colour jitter (brightness, contrast, saturation, hue) the task's own views always use, if any
+    #: (BYOL's with :attr:`byol_views`); ``--crops.color-strength`` is then refused rather than ignored.
+    fixed_jitter: ClassVar[tuple[float, float, float, float] | None] = None
 
     def __init__(self, config: PretrainConfig) -> None:
         super().__init__(config)
@@ -139,8 +142,9 @@ class BackbonePretextTask(PretextTask):
         if cls.two_views_only and (crops.num_global, crops.num_local) != (2, 0):
             raise ConfigError(f"--task {cls.name} compares exactly two global views; got --crops.num-global "
                               f"{crops.num_global} and --crops.num-local {crops.num_local} (use 2 and 0)")
-        if cls.byol_views and crops.color_strength != MultiCropConfig.color_strength:
-            raise ConfigError(f"--task {cls.name} uses BYOL's fixed colour jitter {BYOL_JITTER}; "
+        jitter = BYOL_JITTER if cls.byol_views else cls.fixed_jitter
+        if jitter is not None and crops.color_strength != MultiCropConfig.color_strength:
+            raise ConfigError(f"--task {cls.name} uses its fixed colour jitter {jitter}; "
                               f"--crops.color-strength {crops.color_strength} would be ignored (leave it out)")
         return config
 

@@ -71,3 +71,9 @@ def test_rejects_bad_arguments() -> None:
         mlp(4, 4, 4, num_layers=0)
     with pytest.raises(ValueError, match="norm"):
         mlp(4, 4, 4, norm="ln")  # type: ignore[arg-type]
+
+
+def test_activation_replaces_relu_after_every_hidden_layer_only() -> None:
+    head = mlp(4, 8, 2, num_layers=3, norm="bn", activation=nn.GELU)
+    assert [type(layer) for layer in head] == [nn.Linear, nn.BatchNorm1d, nn.GELU, nn.Linear, nn.BatchNorm1d,
+                                                nn.GELU, nn.Linear]

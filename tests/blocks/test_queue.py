@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from detr_ssl.blocks.queue import KeyQueue
+from launch import FORKED_GLOO, run_in_two_processes
 
 
 def _keys(start: int, count: int, dim: int = 3) -> torch.Tensor:
@@ -66,28 +65,22 @@ def test_state_dict_resumes_the_queue() -> None:
     assert torch.equal(resumed.keys, queue.keys) and resumed.pointer.item() == queue.pointer.item() == 1
 
 
-def _push_worker(rank: int, store: str, out: str, batches: list[torch.Tensor]) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        torch.manual_seed(0)
-        queue = KeyQueue(7, 3)
-        for batch in batches:
-            half = len(batch) // 2
-            queue.push(batch[rank * half:(rank + 1) * half])
-        torch.save(queue.state_dict(), f"{out}/{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _push_worker(rank: int, out: str, batches: list[torch.Tensor], splits: list[int]) -> None:
+    torch.manual_seed(0)
+    queue = KeyQueue(7, 3)
+    for batch, split in zip(batches, splits):
+        queue.push(batch[:split] if rank == 0 else batch[split:])
+    torch.save(queue.state_dict(), f"{out}/{rank}.pt")
 
 
-@pytest.mark.skipif(not dist.is_available() or "fork" not in mp.get_all_start_methods(),
-                    reason="needs torch.distributed (gloo) and the fork start method")
+@FORKED_GLOO
 @pytest.mark.timeout(60)
-def test_two_processes_hold_the_queue_of_one_process_pushing_both_halves(tmp_path: Path) -> None:
-    # 3 pushes of 2 x 2 keys into 7 rows: the third wraps around.
+@pytest.mark.parametrize("splits", [[2, 2, 2], [1, 4, 0]], ids=["equal", "ragged"])
+def test_two_processes_hold_the_queue_of_one_process_pushing_both_parts(tmp_path: Path, splits: list[int]) -> None:
+    # 3 pushes of 4 keys into 7 rows, split between the processes (ragged: 1 + 3, 4 + 0, 0 + 4 keys, as
+    # proposal counts differ); the third push wraps around.
     batches = [_keys(4 * step + 1, 4) for step in range(3)]
-    mp.start_processes(_push_worker, args=(str(tmp_path / "store"), str(tmp_path), batches), nprocs=2,
-                       start_method="fork")
+    run_in_two_processes(_push_worker, tmp_path, str(tmp_path), batches, splits)
     torch.manual_seed(0)
     single = KeyQueue(7, 3)
     for batch in batches:

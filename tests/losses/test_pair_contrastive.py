@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from detr_ssl.losses.pair_contrastive import pair_infonce
+from launch import FORKED_GLOO, run_in_two_processes
 
 
 def reference_infonce(corner: torch.Tensor, center: torch.Tensor, temperature: float, symmetric: bool) -> float:
@@ -134,29 +133,22 @@ def local_reference(corners: list[torch.Tensor], centers: list[torch.Tensor], ra
     return loss.detach(), local_corner.grad, local_center.grad
 
 
-def _gather_worker(rank: int, store: str, out: str, corners: list[torch.Tensor], centers: list[torch.Tensor]) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=len(corners))
-    try:
-        corner = corners[rank].clone().requires_grad_()
-        center = centers[rank].clone().requires_grad_()
-        loss = pair_infonce(corner, center, temperature=0.2, gather_across_processes=True)
-        loss.backward()
-        torch.save({"loss": loss.detach(), "corner": corner.grad, "center": center.grad}, f"{out}/{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _gather_worker(rank: int, out: str, corners: list[torch.Tensor], centers: list[torch.Tensor]) -> None:
+    corner = corners[rank].clone().requires_grad_()
+    center = centers[rank].clone().requires_grad_()
+    loss = pair_infonce(corner, center, temperature=0.2, gather_across_processes=True)
+    loss.backward()
+    torch.save({"loss": loss.detach(), "corner": corner.grad, "center": center.grad}, f"{out}/{rank}.pt")
 
 
-@pytest.mark.skipif(not dist.is_available() or "fork" not in mp.get_all_start_methods(),
-                    reason="needs torch.distributed (gloo) and the fork start method")
+@FORKED_GLOO
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("sizes", [(3, 2), (2, 0)])
 def test_gathering_across_two_processes_uses_every_pair_as_negatives(tmp_path: Path, sizes: tuple[int, int]) -> None:
     generator = torch.Generator().manual_seed(sum(sizes))
     corners = [torch.randn(n, 4, generator=generator) for n in sizes]
     centers = [torch.randn(n, 4, generator=generator) for n in sizes]
-    mp.start_processes(_gather_worker, args=(str(tmp_path / "store"), str(tmp_path), corners, centers),
-                       nprocs=len(sizes), start_method="fork")
+    run_in_two_processes(_gather_worker, tmp_path, str(tmp_path), corners, centers)
 
     for rank, size in enumerate(sizes):
         result = torch.load(tmp_path / f"{rank}.pt", weights_only=True)

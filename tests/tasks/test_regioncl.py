@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from launch import TWO_CPU_PROCESSES
+from launch import FORKED_GLOO, TWO_CPU_PROCESSES, run_in_two_processes
 
 from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
 from detr_ssl.datasets.multicrop import Views
@@ -272,29 +270,22 @@ def _half(views: Views, rank: int) -> Views:
     return Views([crop[4 * rank:4 * (rank + 1)] for crop in views.crops])
 
 
-def _sharing_worker(rank: int, store: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        model, task, terms = _frozen_norm(_tiny_model().train()), _task(), []
-        for step in range(2):
-            torch.manual_seed(step)  # as the engine's common seed: the same box on both processes
-            terms.append(task.compute_loss(model, _half(_two_process_views(step), rank)).terms)
-        torch.save({"terms": terms, "queue": model.queue.state_dict()}, f"{out}/{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _sharing_worker(rank: int, out: str) -> None:
+    model, task, terms = _frozen_norm(_tiny_model().train()), _task(), []
+    for step in range(2):
+        torch.manual_seed(step)  # as the engine's common seed: the same box on both processes
+        terms.append(task.compute_loss(model, _half(_two_process_views(step), rank)).terms)
+    torch.save({"terms": terms, "queue": model.queue.state_dict()}, f"{out}/{rank}.pt")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not dist.is_available() or "fork" not in mp.get_all_start_methods(),
-                    reason="needs torch.distributed (gloo) and the fork start method")
+@FORKED_GLOO
 @pytest.mark.timeout(120)
 def test_two_processes_of_b_share_the_queue_of_one_process_of_2b(tmp_path: Path) -> None:
     """2 x 4 images against 1 x 8: the queue and the instance loss (averaged over processes) are the same;
     the region loss is each process's own (its box comes from its own reversed batch), i.e. that of one
     process run on its half with the same queue. Step 2 scores against the keys both processes pushed."""
-    mp.start_processes(_sharing_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2,
-                       start_method="fork")
+    run_in_two_processes(_sharing_worker, tmp_path, str(tmp_path))
     ranks = [torch.load(tmp_path / f"{rank}.pt", weights_only=True) for rank in range(2)]
     single, task = _frozen_norm(_tiny_model().train()), _task()
     for step in range(2):
