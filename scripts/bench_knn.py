@@ -27,7 +27,7 @@ from detr_ssl.cli.common import run_main
 from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
 from detr_ssl.datasets import CocoDetection, demo_detection_dataset, make_eval_transforms
 from detr_ssl.datasets.transforms import DEMO_EVAL_SIZE, DEMO_MAX_SIZE
-from detr_ssl.evaluation.knn import knn_accuracy, object_crop_embeddings
+from detr_ssl.evaluation.knn import knn_probe
 from detr_ssl.models.teachers import FrozenEncoder, build_teacher, resnet_trunk
 from detr_ssl.tasks import all_tasks
 from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, BackbonePretextTask
@@ -69,13 +69,6 @@ def _pretrained_layout(task: str, seed: int, cfg: BenchConfig, train_json: Path,
     return layout
 
 
-def _accuracies(encoder: FrozenEncoder, bank: CocoDetection, queries: CocoDetection, cfg: BenchConfig
-                ) -> dict[str, float]:
-    bank_features, bank_labels = object_crop_embeddings(encoder, bank, cfg.crop_size)
-    query_features, query_labels = object_crop_embeddings(encoder, queries, cfg.crop_size)
-    return {f"top1@k={k}": knn_accuracy(bank_features, bank_labels, query_features, query_labels, k) for k in cfg.k}
-
-
 def _mean_std(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
@@ -91,10 +84,12 @@ def main(argv: list[str]) -> int:
     runs: dict[str, list[dict[str, float]]] = {"random init": [], **{task: [] for task in tasks}}
     for seed in cfg.seeds:
         torch.manual_seed(seed)
-        runs["random init"].append(_accuracies(FrozenEncoder(resnet_trunk(cfg.arch)), bank, queries, cfg))
+        random_trunk = FrozenEncoder(resnet_trunk(cfg.arch))
+        runs["random init"].append(knn_probe(random_trunk, bank, queries, cfg.k, cfg.crop_size))
         for task in tasks:
             layout = _pretrained_layout(task, seed, cfg, demo.train_json, demo.image_dir)
-            runs[task].append(_accuracies(build_teacher(layout, cfg.arch, "layer4"), bank, queries, cfg))
+            encoder = build_teacher(layout, cfg.arch, "layer4")
+            runs[task].append(knn_probe(encoder, bank, queries, cfg.k, cfg.crop_size))
     columns = list(runs["random init"][0])
     print(f"\nk-NN on demo object crops ({cfg.arch}, layer4 pooled, {cfg.crop_size}px crops; bank = train objects, "
           f"queries = val objects; mean ± std over seeds {', '.join(map(str, cfg.seeds))})")

@@ -6,6 +6,8 @@ with the frozen encoder, then label each query crop by a vote of its ``k`` most 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,7 +15,7 @@ from torch import Tensor, nn
 from detr_ssl.datasets import CocoDetection
 from detr_ssl.models.crops import crop_and_resize, normalized_cxcywh_to_abs_xyxy
 
-__all__ = ["knn_accuracy", "object_crop_embeddings"]
+__all__ = ["knn_accuracy", "knn_probe", "object_crop_embeddings"]
 
 
 @torch.no_grad()
@@ -48,3 +50,12 @@ def knn_accuracy(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_label
     # A small bonus for the nearest neighbour's class breaks ties in its favour.
     votes += 0.5 * F.one_hot(bank_labels[nearest[:, 0]], votes.shape[1]).float()
     return float((votes.argmax(dim=1) == query_labels).float().mean())
+
+
+def knn_probe(encoder: nn.Module, bank: CocoDetection, queries: CocoDetection, ks: Sequence[int] = (1, 5, 20),
+              crop_size: int = 64) -> dict[str, float]:
+    """``{"top1@k=1": ..., ...}``: k-NN accuracy of ``queries``' object crops against ``bank``'s, embedded
+    by the frozen ``encoder``, for every ``k`` in ``ks``."""
+    bank_features, bank_labels = object_crop_embeddings(encoder, bank, crop_size)
+    query_features, query_labels = object_crop_embeddings(encoder, queries, crop_size)
+    return {f"top1@k={k}": knn_accuracy(bank_features, bank_labels, query_features, query_labels, k) for k in ks}

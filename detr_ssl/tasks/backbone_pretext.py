@@ -118,6 +118,8 @@ class BackbonePretextTask(PretextTask):
 
     option_groups = {"crops": MultiCropConfig}
     collate_fn = staticmethod(collate_views)
+    #: A backbone pretext starts from a random trunk: it builds on nothing.
+    backbone_flags: ClassVar[tuple[str, ...]] = ()
     #: Key prefix of the trunk in the official SwAV layout (DDP's wrapper).
     layout_prefix: ClassVar[str] = "module."
     #: Whether the task compares exactly two global views and no local ones (checked by :meth:`configure`).

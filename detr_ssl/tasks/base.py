@@ -56,6 +56,10 @@ class PretextTask(Task):
     #: How the training loader batches this task's samples.
     collate_fn: ClassVar[Callable[[list[Any]], Any]] = staticmethod(collate_detection)
 
+    #: The flags that take a backbone pretext's SwAV-layout export when this task builds on one (a declared
+    #: chain, e.g. DetReg on a SwAV ResNet): the comparison protocol passes the chain backbone to each.
+    backbone_flags: ClassVar[tuple[str, ...]] = ("--backbone-init",)
+
     def __init__(self, config: PretrainConfig) -> None:
         self.config = config
 

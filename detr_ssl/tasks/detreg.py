@@ -113,6 +113,7 @@ def detreg_loss(criterion: SetCriterion, output: DetectionOutput, predicted_embe
 class DetRegTask(PretextTask):
     option_groups = {"detreg": Annotated[DetRegConfig, tyro.conf.OmitArgPrefixes],
                      "proposals": Annotated[ProposalConfig, tyro.conf.OmitArgPrefixes], "loss": LossConfig}
+    backbone_flags = ("--teacher-checkpoint", "--backbone-init")
 
     @classmethod
     def defaults(cls, config: PretrainConfig) -> PretrainConfig:

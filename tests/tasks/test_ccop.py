@@ -497,7 +497,8 @@ def test_two_process_pretraining_script_runs_under_ddp(tmp_path: Path, demo_phot
     out = tmp_path / "pre"
     script = Path(__file__).resolve().parents[2] / "scripts" / "pretrain.py"
     result = subprocess.run([*TWO_CPU_PROCESSES, str(script), "--cpu", "--task", "ccop", "--max-steps", "2",
-                             "--batch-size", "2", "--log-every", "1", "--data", str(images), "--output-dir", str(out)],
+                             "--batch-size", "2", "--log-every", "1", "--preset", "demo", "--data", str(images),
+                             "--output-dir", str(out)],
                             cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0 and "(2 processes)" in result.stdout, result.stderr[-3000:]

@@ -4,15 +4,13 @@ queues. No golden fixture: DetCo's pretraining code was never released."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from launch import FORKED_GLOO, TWO_CPU_PROCESSES, run_in_two_processes
+from launch import FORKED_GLOO, run_in_two_processes
 from runs import copy_photos, load_exported_trunk, scalar_histories
 from torch import nn
 
@@ -291,18 +289,3 @@ def test_two_processes_of_b_equal_one_process_of_2b(tmp_path: Path) -> None:
             for result in ranks:
                 torch.testing.assert_close(result["queues"][f"{kind}{s}"]["keys"], queue.keys)
                 assert int(result["queues"][f"{kind}{s}"]["pointer"]) == int(queue.pointer)
-
-
-@pytest.mark.slow
-def test_two_process_pretraining_script_runs_under_ddp(tmp_path: Path) -> None:
-    out = tmp_path / "pre"
-    result = subprocess.run([*TWO_CPU_PROCESSES, str(REPO / "scripts" / "pretrain.py"), "--cpu", "--task", "detco",
-                             "--max-steps", "2", "--batch-size", "4", "--detco.queue-length", "48",
-                             "--output-dir", str(out)],
-                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0 and "(2 processes)" in result.stdout, result.stderr[-3000:]
-    # 2 steps x 2 processes x 4 keys in every queue of every process (8 if each kept only its own keys).
-    state = load_training_checkpoint(out / "checkpoint.pth")["model"]
-    assert {int(state[f"{kind}_queues.{s}.pointer"]) for kind in ("global", "local") for s in range(4)} == {16}
-    load_exported_trunk(out / "pretrained.pth", out / SWAV_LAYOUT_FILE)
