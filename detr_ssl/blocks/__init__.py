@@ -1,5 +1,5 @@
 """Building blocks shared by the dense self-supervised pretext tasks (DenseCL, PixPro, LC-loss, DenseSiam,
-RegionCL), each written and tested once:
+RegionCL, CCOP, DetCo, MCL, SCFS), each written and tested once:
 
 - :mod:`~detr_ssl.blocks.geometry`: where cells and pixels of two augmented views lie in the image and in
   each other (cell centres, PixPro's positive mask, point mapping, crop overlap).
