@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from detr_ssl.cli.finetune_runs import finished
 from detr_ssl.config import FINETUNE_PRESETS, to_plain
 from detr_ssl.datasets import CocoDetection, collate_detection, make_eval_transforms
 from detr_ssl.datasets.coco_json import read_json
@@ -97,8 +98,8 @@ def _finetune_runs(comparison: Comparison) -> list[dict[str, Any]]:
     """The record of every finished fine-tune, in plan order."""
     runs = []
     for stage in comparison.plan.finetuning:
-        if comparison.is_finished(stage):
-            metrics = read_json(comparison.root / "finetune" / stage.run_name / "metrics.json")
+        metrics = finished(comparison.root / "finetune" / stage.run_name / "metrics.json")
+        if metrics is not None:
             runs.append({"fraction": stage.fraction, "init": stage.method.name, "seed": stage.seed,
                          "dir": f"finetune/{stage.run_name}", "metrics": metrics})
     return runs

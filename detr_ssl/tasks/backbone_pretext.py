@@ -89,12 +89,26 @@ def byol_view_specs(crops: MultiCropConfig) -> list[CropSpec]:
     return [first, replace(first, blur_probability=0.1, solarize_probability=0.2)]
 
 
-def batches_per_run(num_images: int, optim: OptimConfig, max_steps: int | None) -> int:
-    """Batches each process trains (a momentum schedule's length): epochs x ceil(images / (batch x processes))
-    (the loader keeps a last, partial batch), or fewer when ``max_steps`` optimizer steps of
-    ``grad_accum_steps`` batches end the run first."""
-    batches = optim.epochs * math.ceil(num_images / (optim.batch_size * world_size()))
-    return batches if max_steps is None else min(batches, max_steps * optim.grad_accum_steps)
+@dataclass(frozen=True)
+class RunBatches:
+    """The training batches of one process: per epoch, and in the whole run (the length of the schedules
+    that span the run: momentum, curricula)."""
+
+    per_epoch: int
+    total: int
+
+    def epoch(self, batches_seen: int) -> int:
+        """The epoch a process is in after ``batches_seen`` batches."""
+        return batches_seen // self.per_epoch
+
+
+def run_batches(num_images: int, optim: OptimConfig, max_steps: int | None) -> RunBatches:
+    """Batches each process trains: ceil(images / (batch x processes)) per epoch (the loader keeps a last,
+    partial batch), epochs x that in all, or fewer when ``max_steps`` optimizer steps of ``grad_accum_steps``
+    batches end the run first."""
+    per_epoch = math.ceil(num_images / (optim.batch_size * world_size()))
+    total = optim.epochs * per_epoch
+    return RunBatches(per_epoch, total if max_steps is None else min(total, max_steps * optim.grad_accum_steps))
 
 
 def demo_backbone_defaults(config: PretrainConfig, crops: MultiCropConfig) -> PretrainConfig:
@@ -134,6 +148,8 @@ class BackbonePretextTask(PretextTask):
         super().__init__(config)
         #: The task's own option group, ``config.<name>``.
         self.options = getattr(config, self.name)
+        #: This process's training batches, known once :meth:`build_dataset` has run (see :meth:`schedule_length`).
+        self.run_batches: RunBatches | None = None
 
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
@@ -155,8 +171,29 @@ class BackbonePretextTask(PretextTask):
         return byol_view_specs(self.config.crops) if self.byol_views else crop_specs(self.config.crops)
 
     def build_dataset(self, images: ImageFolderDataset, transforms=None) -> Dataset:
-        """Multi-crop views of ``images``; the detection ``transforms`` do not apply to a backbone pretext."""
-        return MultiCropDataset(images, self.view_specs())
+        """Multi-crop views of ``images``; the detection ``transforms`` do not apply to a backbone pretext.
+        Also counts the run's batches (:meth:`count_run_batches`)."""
+        dataset = MultiCropDataset(images, self.view_specs())
+        self.count_run_batches(len(dataset))
+        return dataset
+
+    def count_run_batches(self, num_images: int) -> None:
+        """Sets :attr:`run_batches` for a dataset of ``num_images`` (a task building its own dataset calls it)."""
+        self.run_batches = run_batches(num_images, self.config.optim, self.config.run.max_steps)
+
+    def schedule_length(self, fixed: int = 0, flag: str | None = None) -> int:
+        """Length in batches of a schedule over the run (a momentum rising to 1, a curriculum): ``fixed`` when
+        positive (the ``flag`` that sets it), else every batch this process trains (:attr:`run_batches`).
+
+        Raises:
+            RuntimeError: when neither is known (the dataset not built yet).
+        """
+        if fixed:
+            return fixed
+        if self.run_batches is None:
+            hint = f" or set {flag}" if flag else ""
+            raise RuntimeError(f"{self.name}'s schedule needs the run's length: build the dataset first{hint}")
+        return self.run_batches.total
 
     def layout_heads(self, model: nn.Module) -> dict[str, Tensor]:
         """Pretext heads to store beside the trunk in the SwAV-layout file (names without the prefix): by

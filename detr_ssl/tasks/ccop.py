@@ -102,7 +102,6 @@ from detr_ssl.tasks.backbone_pretext import (
     BYOL_JITTER,
     BackbonePretextTask,
     MultiCropConfig,
-    batches_per_run,
     build_trunk,
     two_view_crops,
     two_view_defaults,
@@ -338,11 +337,6 @@ class CcopTask(BackbonePretextTask):
         """A batch may leave a pyramid level (or, without proposal pairs, the object head) without gradient."""
         return True
 
-    def __init__(self, config: PretrainConfig) -> None:
-        super().__init__(config)
-        self.total_steps: int | None = self.options.curriculum_steps or None
-        """Length of the curriculum; set by :meth:`build_dataset` unless ``--ccop.curriculum-steps``."""
-
     def view_specs(self) -> list[CropSpec]:
         """The released views: the same colour jitter, greyscale and blur (p 0.5) on both."""
         crops = self.config.crops
@@ -355,8 +349,7 @@ class CcopTask(BackbonePretextTask):
         rules = ProposalFilter(options.min_proposal_size, options.max_proposal_aspect, options.proposal_nms)
         dataset = ProposalViewDataset(proposals, self.view_specs(), rules, options.part_threshold,
                                       options.max_view_tries)
-        if not options.curriculum_steps:
-            self.total_steps = batches_per_run(len(dataset), self.config.optim, self.config.run.max_steps)
+        self.count_run_batches(len(dataset))
         return dataset
 
     def build_model(self) -> CcopModel:
@@ -365,11 +358,8 @@ class CcopTask(BackbonePretextTask):
 
     def schedule(self, step: int) -> JitterSchedule:
         """The curriculum at training batch ``step`` (counted from 1, as released; held at its end)."""
-        if self.total_steps is None:
-            raise RuntimeError("CCOP's curriculum needs its length: call build_dataset first or set "
-                               "--ccop.curriculum-steps")
         options = self.options
-        progress = min(step / self.total_steps, 1.0)
+        progress = min(step / self.schedule_length(options.curriculum_steps, "--ccop.curriculum-steps"), 1.0)
         return curriculum(progress, options.iou_thresholds, options.xy_jitter, options.wh_jitter)
 
     def compute_loss(self, model: nn.Module, batch: ProposalViews) -> LossOutput:

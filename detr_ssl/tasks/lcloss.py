@@ -31,12 +31,10 @@ from typing import NamedTuple
 import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from detr_ssl.blocks.heads import mlp
 from detr_ssl.blocks.momentum import cosine_momentum, ema_update_, momentum_copy
 from detr_ssl.config import PretrainConfig
-from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.multicrop import Views
 from detr_ssl.errors import ConfigError
 from detr_ssl.losses.contrastive import negative_cosine
@@ -45,7 +43,6 @@ from detr_ssl.losses.output import LossOutput
 from detr_ssl.tasks import register_task
 from detr_ssl.tasks.backbone_pretext import (
     BackbonePretextTask,
-    batches_per_run,
     build_trunk,
     byol_crops,
     two_view_defaults,
@@ -161,17 +158,6 @@ class LcLossTask(BackbonePretextTask):
             raise ConfigError(f"--lcloss.base-momentum must lie in [0, 1], got {options.base_momentum}")
         return config
 
-    def __init__(self, config: PretrainConfig) -> None:
-        super().__init__(config)
-        self.schedule_batches = 0
-        """Batches over which the momentum rises to 1; 0 (constant momentum) until the dataset is known."""
-
-    def build_dataset(self, images: ImageFolderDataset, transforms=None) -> Dataset:
-        """The views, and the length of the momentum schedule: every batch this process will train on."""
-        dataset = super().build_dataset(images, transforms)
-        self.schedule_batches = batches_per_run(len(dataset), self.config.optim, self.config.run.max_steps)
-        return dataset
-
     def build_model(self) -> LcLossModel:
         return LcLossModel(build_trunk(self.config.model.backbone), self.options)
 
@@ -181,7 +167,9 @@ class LcLossTask(BackbonePretextTask):
 
     def momentum(self, batches_seen: int) -> float:
         """The target momentum at a batch: BYOL's cosine schedule, held at 1 past its end."""
-        return cosine_momentum(self.options.base_momentum, batches_seen, self.schedule_batches)
+        # Before the dataset is built the run's length is unknown: the base momentum, held.
+        total = self.run_batches.total if self.run_batches is not None else 0
+        return cosine_momentum(self.options.base_momentum, batches_seen, total)
 
     def compute_loss(self, model: nn.Module, batch: Views) -> LossOutput:
         lcloss: LcLossModel = extract_model_from_parallel(model)

@@ -58,7 +58,6 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from detr_ssl.blocks.heads import mlp
 from detr_ssl.blocks.momentum import cosine_momentum, ema_update_, momentum_copy
@@ -72,7 +71,6 @@ from detr_ssl.blocks.montage import (
 )
 from detr_ssl.blocks.pyramid import DetectorPyramid, build_pyramid, pyramid_strides, trunk_stages
 from detr_ssl.config import PretrainConfig
-from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.multicrop import CropSpec, Views
 from detr_ssl.distributed import all_gather_cat, rank
 from detr_ssl.errors import ConfigError
@@ -81,7 +79,6 @@ from detr_ssl.tasks import register_task
 from detr_ssl.tasks.backbone_pretext import (
     BackbonePretextTask,
     MultiCropConfig,
-    batches_per_run,
     build_trunk,
     byol_view_specs,
     two_view_crops,
@@ -300,11 +297,6 @@ class MclTask(BackbonePretextTask):
         """Pyramid levels no scale reads (ResNet-50's stride-64 level) get no gradient."""
         return super().find_unused_parameters(config) or len(config.mcl.scales) < config.model.num_feature_levels
 
-    def __init__(self, config: PretrainConfig) -> None:
-        super().__init__(config)
-        self.total_steps: int | None = self.options.momentum_steps or None
-        """K of the momentum schedule; set by :meth:`build_dataset` unless ``--mcl.momentum-steps``."""
-
     @property
     def pairs(self) -> int:
         """Pairs of views per image: one per scale with ``--mcl.separate-views``, else one."""
@@ -314,13 +306,6 @@ class MclTask(BackbonePretextTask):
         """BYOL's first view ``pairs`` times, then its second ``pairs`` times (the released pipeline order)."""
         first, second = byol_view_specs(self.config.crops)
         return [first] * self.pairs + [second] * self.pairs
-
-    def build_dataset(self, images: ImageFolderDataset, transforms=None) -> Dataset:
-        """The views; also fixes the momentum schedule's length from the number of images."""
-        dataset = super().build_dataset(images, transforms)
-        if not self.options.momentum_steps:
-            self.total_steps = batches_per_run(len(dataset), self.config.optim, self.config.run.max_steps)
-        return dataset
 
     def build_model(self) -> MclModel:
         model = self.config.model
@@ -346,10 +331,8 @@ class MclTask(BackbonePretextTask):
     def compute_loss(self, model: nn.Module, batch: Views) -> LossOutput:
         mcl: MclModel = extract_model_from_parallel(model)
         if mcl.training:
-            if self.total_steps is None:
-                raise RuntimeError("MCL's momentum schedule needs its length: call build_dataset first or set "
-                                   "--mcl.momentum-steps")
-            mcl.update_target(self.options.momentum, self.total_steps)
+            mcl.update_target(self.options.momentum, self.schedule_length(self.options.momentum_steps,
+                                                                          "--mcl.momentum-steps"))
         (first, second), labels, counts = self.montage_batches(batch)
         out: MclOutputs = model(first, second, counts)
         offset = rank() * len(batch)  # this process's images among the gathered targets

@@ -36,13 +36,11 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from detr_ssl.blocks.geometry import positive_mask
 from detr_ssl.blocks.heads import mlp
 from detr_ssl.blocks.momentum import cosine_momentum, ema_update_, momentum_copy
 from detr_ssl.config import PretrainConfig
-from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.multicrop import ViewGeometry, Views
 from detr_ssl.errors import ConfigError
 from detr_ssl.losses.output import LossOutput
@@ -50,7 +48,6 @@ from detr_ssl.losses.pixpro import pixel_consistency_loss, pixel_propagation
 from detr_ssl.tasks import register_task
 from detr_ssl.tasks.backbone_pretext import (
     BackbonePretextTask,
-    batches_per_run,
     build_trunk,
     byol_crops,
     two_view_defaults,
@@ -201,19 +198,6 @@ class PixProTask(BackbonePretextTask):
                               f"got {options.momentum} and {options.momentum_steps}")
         return config
 
-    def __init__(self, config: PretrainConfig) -> None:
-        super().__init__(config)
-        self.total_steps: int | None = self.options.momentum_steps or None
-        """K of the momentum schedule; set by :meth:`build_dataset` unless ``--pixpro.momentum-steps``."""
-
-    def build_dataset(self, images: ImageFolderDataset, transforms=None) -> Dataset:
-        """The two views; also fixes the momentum schedule's length from the number of images."""
-        dataset = super().build_dataset(images, transforms)
-        if not self.options.momentum_steps:
-            run = self.config.run
-            self.total_steps = batches_per_run(len(dataset), self.config.optim, run.max_steps)
-        return dataset
-
     def build_model(self) -> PixProModel:
         return PixProModel(build_trunk(self.config.model.backbone), self.options)
 
@@ -224,10 +208,8 @@ class PixProTask(BackbonePretextTask):
     def compute_loss(self, model: nn.Module, batch: Views) -> LossOutput:
         pixpro: PixProModel = extract_model_from_parallel(model)
         if pixpro.training:
-            if self.total_steps is None:
-                raise RuntimeError("PixPro's momentum schedule needs its length: call build_dataset first or "
-                                   "set --pixpro.momentum-steps")
-            pixpro.update_target(self.options.momentum, self.total_steps)
+            total = self.schedule_length(self.options.momentum_steps, "--pixpro.momentum-steps")
+            pixpro.update_target(self.options.momentum, total)
         out: PixProOutputs = model(batch.crops[0], batch.crops[1])
         grid = tuple(out.prediction_1.shape[-2:])
         positives = positive_pairs(batch.geometry[0], batch.geometry[1], grid, self.options.positive_radius)

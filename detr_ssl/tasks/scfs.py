@@ -45,7 +45,6 @@ Choices and known differences from the released code (skyoux/scfs at ``7bb7c37``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -53,15 +52,12 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from detr_ssl.blocks.heads import mlp
 from detr_ssl.blocks.momentum import cosine_momentum, ema_update_, momentum_copy
 from detr_ssl.blocks.pyramid import trunk_stages
 from detr_ssl.config import PretrainConfig
-from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.multicrop import CropSpec, Views
-from detr_ssl.distributed import world_size
 from detr_ssl.errors import ConfigError
 from detr_ssl.losses.dino import DinoLoss, teacher_temperature
 from detr_ssl.losses.output import LossOutput
@@ -71,7 +67,6 @@ from detr_ssl.tasks.backbone_pretext import (
     BYOL_JITTER,
     BackbonePretextTask,
     MultiCropConfig,
-    batches_per_run,
     build_trunk,
     demo_backbone_defaults,
 )
@@ -275,18 +270,6 @@ class ScfsModel(nn.Module):
         ema_update_(self.teacher, self.student, momentum, copy_buffers=False)
 
 
-@dataclass(frozen=True)
-class RunLength:
-    """What the epoch-based schedules need to know of the run, in training batches of one process."""
-
-    batches_per_epoch: int
-    total_batches: int
-    """Length of the momentum schedule."""
-
-    def epoch(self, batches_seen: int) -> int:
-        return batches_seen // self.batches_per_epoch
-
-
 def dino_view_specs(crops: MultiCropConfig) -> list[CropSpec]:
     """DINO's views: ColorJitter (0.4, 0.4, 0.2, 0.1) with p 0.8 and greyscale p 0.2 on all; blur always on
     the first global crop, with p 0.1 (then solarize, p 0.2) on the second and with p 0.5 on the local ones."""
@@ -349,21 +332,8 @@ class ScfsTask(BackbonePretextTask):
                               f"--scfs.search-weight must be >= 0, got {counts}")
         return config
 
-    def __init__(self, config: PretrainConfig) -> None:
-        super().__init__(config)
-        self.run_length: RunLength | None = None
-        """The epoch length and momentum schedule length, set by :meth:`build_dataset`."""
-
     def view_specs(self) -> list[CropSpec]:
         return dino_view_specs(self.config.crops)
-
-    def build_dataset(self, images: ImageFolderDataset, transforms=None) -> Dataset:
-        """The multi-crop views; also fixes the epoch length and the momentum schedule from the images."""
-        dataset = super().build_dataset(images, transforms)
-        optim = self.config.optim
-        self.run_length = RunLength(math.ceil(len(dataset) / (optim.batch_size * world_size())),
-                                    batches_per_run(len(dataset), optim, self.config.run.max_steps))
-        return dataset
 
     def build_model(self) -> ScfsModel:
         return ScfsModel(build_trunk(self.config.model.backbone), self.options)
@@ -374,12 +344,11 @@ class ScfsTask(BackbonePretextTask):
 
     def compute_loss(self, model: nn.Module, batch: Views) -> LossOutput:
         scfs: ScfsModel = extract_model_from_parallel(model)
-        if self.run_length is None:
-            raise RuntimeError("SCFS's schedules need the run's length: call build_dataset first")
         options, seen = self.options, int(scfs.batches_seen)
-        epoch = self.run_length.epoch(seen)
+        total = self.schedule_length()  # the run's batches: also makes run_batches known below
+        epoch = self.run_batches.epoch(seen)
         if scfs.training and seen > 0:
-            scfs.update_teacher(cosine_momentum(options.momentum, seen - 1, self.run_length.total_batches))
+            scfs.update_teacher(cosine_momentum(options.momentum, seen - 1, total))
         num_global = self.config.crops.num_global
         out: ScfsOutputs = model(batch.crops[:num_global], batch.crops[num_global:],
                                  freeze_last_layer=epoch < options.freeze_last_layer_epochs)

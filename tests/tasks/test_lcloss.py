@@ -14,7 +14,7 @@ from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
 from detr_ssl.datasets.multicrop import ViewGeometry, Views
 from detr_ssl.errors import ConfigError
 from detr_ssl.losses.local_contrast import as_dense_map, lc_loss
-from detr_ssl.tasks.backbone_pretext import BYOL_JITTER, build_trunk
+from detr_ssl.tasks.backbone_pretext import BYOL_JITTER, RunBatches, build_trunk
 from detr_ssl.tasks.densecl import DenseClConfig, DenseClModel, DenseClTask
 from detr_ssl.tasks.lcloss import LcLossConfig, LcLossModel, LcLossTask
 from runs import copy_photos, scalar_histories
@@ -62,7 +62,7 @@ def test_the_loss_is_byol_plus_weighted_lc_both_ways_and_trains_the_online_netwo
 
 def test_the_target_follows_byols_cosine_momentum_schedule() -> None:
     task = _task(replace(TINY, base_momentum=0.5))
-    task.schedule_batches = 4
+    task.run_batches = RunBatches(per_epoch=1, total=4)
     assert [task.momentum(step) for step in (0, 2, 4, 9)] == pytest.approx([0.5, 0.75, 1.0, 1.0])
     torch.manual_seed(0)
     model = LcLossModel(build_trunk("resnet18"), TINY).train()
@@ -84,11 +84,11 @@ def test_the_schedule_spans_every_batch_of_the_run(demo_photos: Path) -> None:
     images = ImageFolderDataset(demo_photos)
     task = LcLossTask(replace(base, optim=replace(base.optim, batch_size=5, epochs=3)))
     dataset = task.build_dataset(images)
-    assert task.schedule_batches == 3 * -(-len(dataset) // 5)
+    assert task.schedule_length() == 3 * -(-len(dataset) // 5)
     capped = LcLossTask(replace(base, run=replace(base.run, max_steps=4),
                                 optim=replace(base.optim, batch_size=5, grad_accum_steps=2)))
     capped.build_dataset(images)
-    assert capped.schedule_batches == 8
+    assert capped.schedule_length() == 8
 
 
 def test_presets_views_and_refusals() -> None:

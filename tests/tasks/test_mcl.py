@@ -34,7 +34,7 @@ from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
 from detr_ssl.datasets.multicrop import Views
 from detr_ssl.errors import ConfigError
 from detr_ssl.tasks import mcl as mcl_module
-from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE
+from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, RunBatches
 from detr_ssl.tasks.mcl import CellBlockHead, MclConfig, MclModel, MclTask, montage_info_nce
 from runs import copy_photos, finetune_initialised_parts, load_exported_trunk, scalar_histories
 
@@ -218,7 +218,7 @@ def _grads(model: MclModel) -> dict[str, torch.Tensor]:
 
 def _gather_worker(rank: int, out: str) -> None:
     model, task = _frozen_norm(_tiny_model().train()), _task()
-    task.total_steps = 10
+    task.run_batches = RunBatches(per_epoch=10, total=10)
     loss = task.compute_loss(model, _half(_two_process_views(), rank))
     loss.total.backward()
     torch.save({"terms": loss.terms, "grads": _grads(model)}, f"{out}/{rank}.pt")
@@ -234,7 +234,7 @@ def test_two_processes_of_b_equal_one_process_of_2b(tmp_path: Path, monkeypatch:
     run_in_two_processes(_gather_worker, tmp_path, str(tmp_path))
     ranks = [torch.load(tmp_path / f"{rank}.pt", weights_only=True) for rank in range(2)]
     model, task = _frozen_norm(_tiny_model().train()), _task(batch_size=32)
-    task.total_steps = 10
+    task.run_batches = RunBatches(per_epoch=10, total=10)
     whole = task.compute_loss(model, _two_process_views())
     whole.total.backward()
     assert set(whole.terms) == {"loss_scale1", "loss_scale2", "loss_scale4"}

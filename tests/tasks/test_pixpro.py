@@ -134,18 +134,18 @@ def test_schedule_length_is_the_batches_each_process_trains(monkeypatch: pytest.
     base = PixProTask.preset_config("demo")  # batch 16, 60 epochs
     task = PixProTask(base)
     task.build_dataset([None] * 33)
-    assert task.total_steps == 60 * 3
+    assert task.schedule_length(task.options.momentum_steps) == 60 * 3
     monkeypatch.setattr(backbone_pretext, "world_size", lambda: 2)
     task = PixProTask(base)
     task.build_dataset([None] * 33)
-    assert task.total_steps == 60 * 2  # 33 images over 2 x 16 per step: 2 batches per epoch
+    assert task.schedule_length(task.options.momentum_steps) == 60 * 2  # 33 images over 2 x 16 per step: 2 batches per epoch
     stopped = PixProTask(replace(base, run=replace(base.run, max_steps=50),
                                  optim=replace(base.optim, grad_accum_steps=2)))
     stopped.build_dataset([None] * 33)
-    assert stopped.total_steps == 50 * 2  # --max-steps optimizer steps of 2 batches each end the run first
+    assert stopped.schedule_length(stopped.options.momentum_steps) == 50 * 2  # --max-steps optimizer steps of 2 batches each end the run first
     fixed = PixProTask(replace(base, pixpro=replace(base.pixpro, momentum_steps=7)))
     fixed.build_dataset([None] * 33)
-    assert fixed.total_steps == 7
+    assert fixed.schedule_length(fixed.options.momentum_steps) == 7
     with pytest.raises(RuntimeError, match="momentum-steps"):
         PixProTask(base).compute_loss(PixProModel(TinyTrunk(), TINY).train(), Views([torch.randn(2, 3, 24, 24)] * 2))
 

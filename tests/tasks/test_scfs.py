@@ -25,8 +25,8 @@ from detr_ssl.engine.checkpoint import load_training_checkpoint
 from detr_ssl.errors import ConfigError
 from detr_ssl.losses.dino import DinoLoss, teacher_temperature
 from detr_ssl.losses.scfs import search, search_attention
-from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, build_trunk
-from detr_ssl.tasks.scfs import DinoHead, RunLength, ScfsConfig, ScfsModel, ScfsTask
+from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, RunBatches, build_trunk
+from detr_ssl.tasks.scfs import DinoHead, ScfsConfig, ScfsModel, ScfsTask
 from runs import copy_photos, load_exported_trunk, scalar_histories
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "scfs_released"
@@ -60,7 +60,7 @@ def _task(options: ScfsConfig = RELEASED, num_local: int = 3, batches_per_epoch:
           total_batches: int = 3) -> ScfsTask:
     base = ScfsTask.preset_config("demo")
     task = ScfsTask(replace(base, scfs=options, crops=replace(base.crops, num_local=num_local)))
-    task.run_length = RunLength(batches_per_epoch, total_batches)
+    task.run_batches = RunBatches(batches_per_epoch, total_batches)
     return task
 
 
