@@ -59,8 +59,14 @@ class LoadedDetector:
     num_classes: int
     category_ids: list[int] | None
     """COCO category id of each class index (a fine-tuned detector), None for a pretext's one class."""
+    category_names: list[str] | None
+    """Name of each class index, where the checkpoint records them (fine-tuned since names were recorded)."""
     task: str | None
     """The pretext task that wrote the file, None for a fine-tuned detector."""
+    input_size: tuple[int, int] | None = None
+    """(short side, long-side cap) of the images it was evaluated (fine-tuned) or pretrained on."""
+    eval_batch_size: int | None = None
+    """Images per batch of the run's evaluation (a fine-tuned detector)."""
 
 
 def _class_count(state: Mapping[str, torch.Tensor], path: Path) -> int:
@@ -70,16 +76,17 @@ def _class_count(state: Mapping[str, torch.Tensor], path: Path) -> int:
     raise CheckpointError(f"{path}: no detector class head in this checkpoint (a backbone-only file?)")
 
 
-def load_detector(path: Path, device: str | torch.device = "cpu") -> LoadedDetector:
+def load_detector(path: Path, device: str | torch.device = "cpu", checkpoint: Any = None) -> LoadedDetector:
     """The detector stored in ``path`` (a fine-tuning ``checkpoint.pth`` or a detector pretext's
-    ``pretrained.pth``), weights loaded strictly, in eval mode on ``device``.
+    ``pretrained.pth``), weights loaded strictly, in eval mode on ``device``. ``checkpoint`` is the file's
+    content when the caller has already read it.
 
     Raises:
         CheckpointError: naming the file, when it holds no detector (a backbone pretext's export, a foreign
             or corrupt file) or its weights do not fit the architecture it records.
     """
     path = Path(path)
-    checkpoint = load_untrusted(path)
+    checkpoint = load_untrusted(path) if checkpoint is None else checkpoint
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: not a detr-ssl detector checkpoint (no recorded config)")
@@ -101,6 +108,15 @@ def load_detector(path: Path, device: str | torch.device = "cpu") -> LoadedDetec
         first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
         raise CheckpointError(f"{path}: the weights do not fit the {architecture} it records ({first})") from None
     category_ids = checkpoint.get("category_ids") if fine_tuned else None
+    category_names = checkpoint.get("category_names") if fine_tuned else None
+    if fine_tuned:
+        data, optim = config.get("data", {}), config.get("optim", {})
+        input_size = (int(data["eval_size"]), int(data["max_size"])) if "eval_size" in data else None
+        eval_batch_size = int(optim["batch_size"]) if "batch_size" in optim else None
+    else:
+        recorded = checkpoint.get("input_size")
+        input_size, eval_batch_size = (tuple(int(side) for side in recorded) if recorded else None), None
     return LoadedDetector(model.to(device).eval(), task.detect, num_classes,
                           [int(c) for c in category_ids] if category_ids else None,
-                          None if fine_tuned else checkpoint.get("task"))
+                          [str(name) for name in category_names] if category_names else None,
+                          None if fine_tuned else checkpoint.get("task"), input_size, eval_batch_size)

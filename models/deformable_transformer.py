@@ -22,6 +22,23 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def level_pixels(spatial_shapes: Tensor, length: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Level, column and row of each of the first ``length`` pixels of the levels ``spatial_shapes`` ``(L, 2)``
+    (H, W), flattened row-major and concatenated in order: three ``(length,)`` int64 tensors.
+
+    Tensor arithmetic on ``spatial_shapes``, no loop over its values: an exported graph (where the level
+    sizes are computed from the image size) stays right for any image size.
+    """
+    areas = spatial_shapes.prod(1)
+    ends = areas.cumsum(0)
+    pixel = torch.arange(length, device=spatial_shapes.device)
+    level = (pixel[:, None] >= ends).sum(1)  # levels that end at or before the pixel
+    local = pixel - (ends - areas)[level]
+    width = spatial_shapes[level, 1]
+    row = torch.div(local, width, rounding_mode="floor")
+    return level, local - row * width, row
+
+
 class FeedForward(nn.Module):
     """Post-norm residual MLP: ``norm(x + dropout(W2 dropout(relu(W1 x))))``."""
 
@@ -69,24 +86,18 @@ class DeformableEncoder(nn.Module):
         self.checkpointing = checkpointing
 
     @staticmethod
-    def reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
-        """Every pixel centre of every level, as seen from every level: ``(B, S, L, 2)``."""
-        points = []
-        for level, (height, width) in enumerate(spatial_shapes.tolist()):
-            ys, xs = torch.meshgrid(
-                torch.arange(height, dtype=valid_ratios.dtype, device=valid_ratios.device) + 0.5,
-                torch.arange(width, dtype=valid_ratios.dtype, device=valid_ratios.device) + 0.5,
-                indexing="ij",
-            )
-            x = xs.reshape(1, -1) / (valid_ratios[:, level, 0:1] * width)
-            y = ys.reshape(1, -1) / (valid_ratios[:, level, 1:2] * height)
-            points.append(torch.stack((x, y), dim=-1))
-        return torch.cat(points, dim=1)[:, :, None] * valid_ratios[:, None]
+    def reference_points(spatial_shapes: Tensor, valid_ratios: Tensor, length: int) -> Tensor:
+        """Every pixel centre of every level (``length`` = ``S`` pixels), as seen from every level: ``(B, S, L, 2)``."""
+        level, column, row = level_pixels(spatial_shapes, length)
+        sizes = spatial_shapes.flip(1)[level].to(valid_ratios.dtype)  # (S, 2) as (W, H)
+        centres = torch.stack((column, row), dim=-1).to(valid_ratios.dtype) + 0.5
+        points = centres / (valid_ratios[:, level] * sizes)  # (B, S, 2) in [0, 1] of the valid area
+        return points[:, :, None] * valid_ratios[:, None]
 
     def forward(self, src: Tensor, pos: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                 valid_ratios: Tensor, padding_mask: Tensor) -> Tensor:
         """src, pos ``(B, S, D)`` -> memory ``(B, S, D)``."""
-        reference_points = self.reference_points(spatial_shapes, valid_ratios)
+        reference_points = self.reference_points(spatial_shapes, valid_ratios, src.shape[1])
         recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             inputs = (src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)

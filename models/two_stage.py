@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from detr_ssl.models.deformable_transformer import level_pixels
 from detr_ssl.models.outputs import DetectionOutput
 
 
@@ -20,23 +21,17 @@ def encoder_proposals(padding_mask: Tensor, spatial_shapes: Tensor, valid: Tenso
     Returns:
         proposals ``(B, S, 4)`` in logit space (``+inf`` where unusable) and usable ``(B, S)`` bool.
     """
-    batch = padding_mask.shape[0]
-    proposals, start = [], 0
-    for level, (height, width) in enumerate(spatial_shapes.tolist()):
-        level_mask = padding_mask[:, start:start + height * width].view(batch, height, width)
-        valid_h = (~level_mask[:, :, 0]).sum(1).clamp(min=1)
-        valid_w = (~level_mask[:, 0, :]).sum(1).clamp(min=1)
-        ys, xs = torch.meshgrid(
-            torch.arange(height, dtype=torch.float32, device=padding_mask.device) + 0.5,
-            torch.arange(width, dtype=torch.float32, device=padding_mask.device) + 0.5,
-            indexing="ij",
-        )
-        scale = torch.stack((valid_w, valid_h), dim=-1).float().view(batch, 1, 1, 2)
-        centres = torch.stack((xs, ys), dim=-1)[None] / scale
-        sizes = torch.full_like(centres, 0.05 * 2.0**level)
-        proposals.append(torch.cat((centres, sizes), dim=-1).view(batch, -1, 4))
-        start += height * width
-    boxes = torch.cat(proposals, dim=1)
+    level, column, row = level_pixels(spatial_shapes, padding_mask.shape[1])
+    # Valid (unpadded) rows and columns of each level: the unpadded pixels of its first column and first row,
+    # counted in integers (exact, whatever autocast does to float reductions).
+    in_level = level[:, None] == torch.arange(spatial_shapes.shape[0], device=level.device)  # (S, L)
+    unpadded = ~padding_mask[:, :, None]  # (B, S, 1)
+    valid_h = (unpadded & in_level & (column == 0)[:, None]).sum(1)  # (B, L)
+    valid_w = (unpadded & in_level & (row == 0)[:, None]).sum(1)
+    scale = torch.stack((valid_w, valid_h), dim=-1).clamp(min=1).float()[:, level]  # (B, S, 2)
+    centres = (torch.stack((column, row), dim=-1).float() + 0.5) / scale
+    sizes = (0.05 * 2.0 ** level.float())[None, :, None].expand_as(centres)
+    boxes = torch.cat((centres, sizes), dim=-1)
     usable = ((boxes > 0.01) & (boxes < 0.99)).all(-1) & ~padding_mask
     logits = torch.log(boxes / (1 - boxes)).masked_fill(~usable[..., None], float("inf"))
     return logits, usable

@@ -3,10 +3,11 @@
 The plan (:mod:`detr_ssl.protocols.comparison`) pretrains every task on the same unlabeled images (the chain
 backbone first; detector pretexts start from its export), then fine-tunes every method, random init and the
 backbone-only baseline at every label fraction and seed on the folds and schedule of ``scripts/semisup.py``
-(its code, not a copy). Each stage is its own run in its own folder and process
-(``python -m detr_ssl.cli.compare ... --stage K``, or behind ``--launcher``, e.g. ``accelerate launch
---num_processes 8``), so a finished stage is skipped and an unfinished one resumes from its checkpoint when
-the command is run again, and a cluster can run independent stages as separate jobs.
+(its code, not a copy). Each stage is its own run in its own folder, so a finished stage is skipped and an
+unfinished one resumes from its checkpoint when the command is run again. Behind ``--launcher`` (e.g.
+``accelerate launch --num_processes 8``) every stage is its own process (``... -m detr_ssl.cli.compare ...
+--stage K``), and a cluster can run independent stages as separate jobs; without one, only the pretraining
+stages are.
 
 A pretraining stage also measures what it made: the k-NN probe of its backbone (every method) and the
 class-agnostic recall of its own boxes (detector pretexts), and its wall time and peak memory.
@@ -96,13 +97,13 @@ class CompareConfig:
 
 
 def demo_compare() -> CompareConfig:
-    """About 15 minutes on 2 CPU cores: SwAV (backbone baseline and chain), DetReg on it, PixPro; 3 seeds."""
+    """About 12 minutes on 2 CPU cores: SwAV (backbone baseline and chain), DetReg on it, PixPro; 3 seeds."""
     return CompareConfig(
         tasks=("swav", "detreg", "pixpro"), demo=True, fractions=(0.25, 0.5), seeds=(42, 43, 44),
-        pretrain_preset="demo", schedule=("0.5=20",), output_dir=Path("outputs/demo-compare"),
+        pretrain_preset="demo", schedule=("0.5=12",), output_dir=Path("outputs/demo-compare"),
         pretrain_flags=("swav=--epochs 40 --lr-drop 32 --crops.color-strength 0.5",
-                        "detreg=--epochs 20 --lr-drop 16 --crop-size 64"),
-        training=TrainingOptions(preset="demo", model_size="tiny", batch_size=4, num_workers=0, checkpoint_every=10),
+                        "detreg=--epochs 20 --lr-drop 16 --crop-size 64", "pixpro=--epochs 40 --lr-drop 32"),
+        training=TrainingOptions(preset="demo", model_size="tiny", batch_size=4, num_workers=0, checkpoint_every=12),
     )  # fmt: skip
 
 
@@ -198,6 +199,12 @@ class Comparison:
         fold = write_fraction(self.cfg.train_json, self.root / "finetune" / "folds", stage.fraction, stage.seed)
         self.finetuning.run_one(stage.fraction, stage.seed, fold.json_path, init, RunProgressLog(1))
 
+    def runs_in_driver(self, stage: Stage) -> bool:
+        """Without a launcher, fine-tunes run one after another in the driver's process, as
+        ``scripts/semisup.py`` runs them: a new interpreter per run would add seconds of start-up to each.
+        A pretraining always gets a process of its own, so the peak memory it records is its own."""
+        return isinstance(stage, FinetuneStage) and not self.cfg.launcher
+
     def describe(self) -> str:
         """The plan as printed by ``--dry-run``: one line per stage with what it needs and its steps."""
         lines, total = [], 0
@@ -241,6 +248,9 @@ def compare(cfg: CompareConfig, argv: list[str]) -> dict[str, Any] | None:
                 print(f"{label}: finished before, skipped", flush=True)
                 continue
             print(f"{label}: running", flush=True)
+            if comparison.runs_in_driver(stage):
+                comparison.run_stage(number)
+                continue
             result = subprocess.run(stage_command(cfg, argv, number), check=False)
             if result.returncode != 0:
                 raise ConfigError(f"{label} failed (exit status {result.returncode}); rerun to resume it")

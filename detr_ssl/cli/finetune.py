@@ -85,7 +85,7 @@ def finetune(cfg: FinetuneConfig, category_groups: Mapping[str, Sequence[int]] |
         accelerator, model, task, train_set, cfg.optim, cfg.run, num_workers=cfg.data.num_workers,
         evaluate=evaluate,
         checkpoint_extra={"config": to_plain(cfg), "num_classes": train_set.num_classes,
-                          "category_ids": train_set.category_ids},
+                          "category_ids": train_set.category_ids, "category_names": train_set.category_names},
     )
     metrics = trainer.fit()
     if metrics is None:  # stopped by --max-steps before the scheduled evaluation; every process joins this one

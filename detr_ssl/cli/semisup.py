@@ -30,7 +30,6 @@ from typing import Annotated, Any
 
 import tyro
 
-from detr_ssl.atomic_io import atomic_write
 from detr_ssl.cli.finetune_runs import (
     Init,
     RunData,
@@ -49,6 +48,7 @@ from detr_ssl.config import to_plain
 from detr_ssl.datasets import demo_detection_dataset
 from detr_ssl.datasets.coco_json import read_json
 from detr_ssl.errors import ConfigError
+from detr_ssl.plotting import new_figure, save_figure
 from detr_ssl.protocols import format_percent, write_fraction
 from detr_ssl.protocols.report import aggregate, field_column, markdown_table, metric_column, write_report
 from detr_ssl.protocols.schedule import PUBLISHED_EPOCHS, fraction_epochs, labelled_images, lr_drop_epoch
@@ -223,14 +223,9 @@ def run_chain(chain: Sequence[PretrainStep], data: RunData, root: Path) -> Init:
 def plot_ap_vs_fraction(summary: Sequence[Mapping[str, Any]], path: Path) -> bool:
     """AP (%) against label fraction (%), one line per initialisation, error bars = std over seeds.
     Returns False, after saying so, when matplotlib is not installed."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        print(f"matplotlib is not installed (pip install 'detr-ssl[plots]'): {path.name} not drawn", flush=True)
+    figure = new_figure(path)
+    if figure is None:
         return False
-    figure = Figure(figsize=(6, 4), dpi=120, layout="constrained")
-    FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for init in dict.fromkeys(entry["init"] for entry in summary):
         points = [(entry["fraction"] * 100, entry["metrics"]["AP"]) for entry in summary
@@ -246,7 +241,7 @@ def plot_ap_vs_fraction(summary: Sequence[Mapping[str, Any]], path: Path) -> boo
     axes.set_title("AP vs label fraction")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
-    atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
+    save_figure(figure, path)
     return True
 
 

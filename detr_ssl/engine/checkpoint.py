@@ -3,8 +3,10 @@
 Layout of a training checkpoint (``torch.save`` of a dict):
 ``model`` (state dict), ``optimizer``, ``lr_scheduler``, ``epoch`` (epochs completed), ``step``
 (optimizer steps completed), ``batch_in_epoch`` (batches of the current epoch already consumed),
-``config`` (the run's config as plain builtins), ``num_classes``, ``category_ids``, ``rng`` (the main
-process's generators, see :mod:`detr_ssl.engine.rng`) and ``rng_per_process`` (every process's, by rank).
+``config`` (the run's config as plain builtins), ``num_classes``, ``category_ids``, ``category_names``,
+``rng`` (the main process's generators, see :mod:`detr_ssl.engine.rng`) and ``rng_per_process`` (every
+process's, by rank). Without the training state (:data:`TRAINING_STATE_KEYS`) it is a weights-only file
+like a pretext's ``pretrained.pth``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from detr_ssl.models.checkpoint_io import load_state_dict_file, load_untrusted, 
 from detr_ssl.models.foreign_checkpoints import convert_foreign_state_dict, is_foreign_layout
 
 LATEST = "checkpoint.pth"
+#: What only resuming needs: a training checkpoint without them holds the weights and what describes them.
+TRAINING_STATE_KEYS = ("optimizer", "lr_scheduler", "epoch", "step", "batch_in_epoch", "rng", "rng_per_process")
 _EPOCH_FILE = re.compile(r"checkpoint_(\d{4,})\.pth$")
 
 

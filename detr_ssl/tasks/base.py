@@ -130,13 +130,25 @@ class PretextTask(Task):
         """What ``pretrained.pth`` holds: the detector without the pretext-only heads."""
         return model.detector
 
+    def input_size(self) -> list[int]:
+        """[short side, long-side cap] of the largest images this pretraining trains on."""
+        return [max(self.config.data.train_scales), self.config.data.max_size]
+
+    def export_extras(self, model: nn.Module) -> dict[str, Any]:
+        """Entries ``pretrained.pth`` holds beside the detector for using the pretext's own model after
+        pretraining (fine-tuning ignores them); none by default."""
+        return {}
+
     def export(self, model: nn.Module, output_dir: Path) -> list[Path]:
         """Writes the weights fine-tuning starts from; returns the files, ``OUTPUT/pretrained.pth`` first.
 
         ``model`` is the unwrapped trained model. ``pretrained.pth`` holds ``{"model": state dict,
-        "task", "config": model config}``; ``scripts/finetune.py --pretrained`` loads it.
+        "task", "config": model config, "input_size": [short side, long-side cap]}`` (the largest
+        pretraining scale, which ``scripts/predict.py`` runs it at); ``scripts/finetune.py --pretrained``
+        loads it.
         """
         path = Path(output_dir) / PRETRAINED_FILE
         atomic_torch_save({"model": self.exported(model).state_dict(), "task": self.name,
-                           "config": to_plain(self.config.model)}, path)
+                           "config": to_plain(self.config.model), "input_size": self.input_size(),
+                           **self.export_extras(model)}, path)
         return [path]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from accelerate.utils import extract_model_from_parallel
@@ -111,6 +112,9 @@ class UpDetrModel(nn.Module):
         return output, self.reconstruction(output.hidden_states)
 
 
+#: The ``pretrained.pth`` entry holding what query-patch detection needs beyond the detector.
+QUERY_PATCH_KEY = "query_patch"
+
 #: Queries per patch behind the presets' query count (the released UP-DETR: 100 queries, 10 patches).
 DEFAULT_QUERIES_PER_PATCH = 10
 
@@ -158,6 +162,13 @@ class UpDetrTask(PretextTask):
         detector = build_model(self.config.model, num_classes=1)
         feature_dim = detector.backbone.channels[-1]
         return UpDetrModel(detector, feature_dim, self.options.mask_ratio)
+
+    def export_extras(self, model: nn.Module) -> dict[str, Any]:
+        """What query-patch detection needs beyond the detector (:mod:`detr_ssl.query_patch`): the patch
+        projection and how patches were fed (their side, count and queries per patch)."""
+        return {QUERY_PATCH_KEY: {"patch_projection": model.patch_projection.state_dict(),
+                                  "patch_size": self.options.patch_size, "num_patches": self.options.num_patches,
+                                  "queries_per_patch": self.queries_per_patch}}
 
     def build_dataset(self, images: ImageFolderDataset, transforms) -> Dataset:
         dataset = copy.copy(images)

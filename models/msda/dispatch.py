@@ -3,23 +3,42 @@
 Backends: ``"pytorch"`` (`pytorch_backend`, any device, the default) and ``"mmcv"`` (mmcv's CUDA
 kernel). ``"auto"`` takes mmcv only when its op imports *and* the tensors are on CUDA. An explicitly
 requested backend that cannot run raises `BackendUnavailableError` when called, never at import.
+Inside `export_mode` every call runs the traceable `export_formulation` instead, whatever the backend.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Iterator
 from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from detr_ssl.errors import BackendUnavailableError
+from detr_ssl.models.msda.export_formulation import ms_deform_attn_export
 from detr_ssl.models.msda.mmcv_backend import mmcv_unavailable_reason, ms_deform_attn_mmcv
 from detr_ssl.models.msda.precision import autocast_disabled
 from detr_ssl.models.msda.pytorch_backend import ms_deform_attn_pytorch
 
 Backend = Literal["auto", "pytorch", "mmcv"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
+
+_EXPORTING = contextvars.ContextVar("msda_export_mode", default=False)
+
+
+@contextlib.contextmanager
+def export_mode() -> Iterator[None]:
+    """While active, `multi_scale_deformable_attention` computes with `ms_deform_attn_export` (gathers and
+    tensor arithmetic on the level layout) so that ``torch.export`` / ``torch.onnx.export`` can trace a model
+    for any input size. Slower than the backends and heavier on memory: for exporting only."""
+    token = _EXPORTING.set(True)
+    try:
+        yield
+    finally:
+        _EXPORTING.reset(token)
 
 
 def check_backend_name(backend: str) -> None:
@@ -131,7 +150,9 @@ def multi_scale_deformable_attention(
     inputs = (value.to(dtype), spatial_shapes, level_start_index, sampling_locations.to(dtype),
               attention_weights.to(dtype))
     with autocast_disabled(value.device):
-        if resolve_backend(backend, value.device) == "mmcv" and value.numel() and sampling_locations.numel():
+        if _EXPORTING.get():
+            out = ms_deform_attn_export(*inputs)
+        elif resolve_backend(backend, value.device) == "mmcv" and value.numel() and sampling_locations.numel():
             out = ms_deform_attn_mmcv(*inputs)  # (empty work goes to the pytorch path, which handles it anywhere)
         else:
             out = ms_deform_attn_pytorch(*inputs)

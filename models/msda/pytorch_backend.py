@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from detr_ssl.models.msda.export_formulation import bilinear_cells
 from detr_ssl.models.msda.precision import autocast_disabled
 
 _PAD = 2
@@ -131,10 +132,7 @@ def _taps(levels: _Levels, locations: Tensor, attention: Tensor) -> _Taps:
     itype = _index_dtype(rows, n * queries * heads * n_levels * points * _CORNERS + 1)
 
     # Pixel coordinates in the padded map: pixel i's centre, normalised (i + 0.5) / W, lands on i + _PAD.
-    pixels = locations * _level_sizes(levels, locations.dtype, device)
-    pixels += _PAD - 0.5
-    cell = pixels.floor()
-    frac = pixels.sub_(cell)
+    cell, frac = bilinear_cells(locations, _level_sizes(levels, locations.dtype, device), shift=_PAD)
     # Integer clamp (after the cast): also tames inf/NaN, whose cast is arbitrary, into the zero border.
     low = torch.zeros((), dtype=itype, device=device)
     cell = cell.to(itype).clamp_(low, _level_sizes(levels, itype, device) + _PAD)

@@ -1,0 +1,2 @@
+"""Trained detectors in other formats: a transformers directory (:mod:`.transformers_export`) and ONNX
+(:mod:`.onnx_export`)."""
