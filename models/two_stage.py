@@ -11,8 +11,7 @@ from detr_ssl.models.deformable_transformer import level_pixels
 from detr_ssl.models.outputs import DetectionOutput
 
 
-def encoder_proposals(padding_mask: Tensor, spatial_shapes: Tensor, valid: Tensor | None = None
-                      ) -> tuple[Tensor, Tensor]:
+def encoder_proposals(padding_mask: Tensor, spatial_shapes: Tensor) -> tuple[Tensor, Tensor]:
     """One square proposal per encoder pixel, centred on it, side ``0.05 * 2**level`` of the image.
 
     Args:
