@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -165,3 +166,41 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def synthetic_coco_predictions(num_images: int, seed: int = 0, num_classes: int = 5, side: int = 200,
+                               ) -> tuple[dict[str, list[dict[str, Any]]], dict[int, dict[str, torch.Tensor]]]:
+    """A COCO ground truth of ``num_images`` images and detections for them that score neither 0 nor 1.
+
+    Every tenth image has no annotation, every seventh annotation is a crowd box, and every eleventh image
+    gets no detection; the detections are the ground-truth boxes jittered (some with the wrong class) plus
+    random boxes, up to 100 per image: what COCO evaluation meets in practice, crowd and empty cases included.
+    """
+    rng = np.random.default_rng(seed)
+    images = [{"id": i, "width": side, "height": side, "file_name": f"{i}.jpg"} for i in range(1, num_images + 1)]
+    categories = [{"id": c, "name": f"class_{c}"} for c in range(1, num_classes + 1)]
+    annotations, detections = [], {}
+    for image in images:
+        count = 0 if image["id"] % 10 == 0 else int(rng.integers(1, 8))
+        xy = rng.uniform(0, side * 0.7, (count, 2))
+        wh = rng.uniform(4, side * 0.3, (count, 2))
+        labels = rng.integers(0, num_classes, count)
+        for box_xy, box_wh, label in zip(xy, wh, labels):
+            annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "category_id": int(label) + 1,
+                                "bbox": [*box_xy.tolist(), *box_wh.tolist()], "area": float(box_wh.prod()),
+                                "iscrowd": int((len(annotations) + 1) % 7 == 0)})
+        if image["id"] % 11 == 0:
+            continue
+        extra = int(rng.integers(5, 100 - count + 1))
+        jittered = np.concatenate([xy, xy + wh], axis=1) + rng.normal(0, 3, (count, 4))
+        corners = rng.uniform(0, side * 0.7, (extra, 2))
+        random = np.concatenate([corners, corners + rng.uniform(4, side * 0.3, (extra, 2))], axis=1)
+        wrong = rng.random(count) < 0.2
+        detections[image["id"]] = {
+            "boxes": torch.as_tensor(np.concatenate([jittered, random]), dtype=torch.float32),
+            "labels": torch.as_tensor(np.concatenate([np.where(wrong, (labels + 1) % num_classes, labels),
+                                                      rng.integers(0, num_classes, extra)]), dtype=torch.int64),
+            "scores": torch.as_tensor(rng.uniform(0.01, 0.99, count + extra), dtype=torch.float32),
+        }
+    return {"images": images, "categories": categories, "annotations": annotations}, detections
+

@@ -26,6 +26,7 @@ from detr_ssl.datasets.transforms import (
     PRETRAIN_MAX_SIZE,
     PRETRAIN_TRAIN_SCALES,
 )
+from detr_ssl.evaluation.coco_eval import EvalBackend
 from detr_ssl.models.config import MODEL_PRESETS, ModelConfig, model_preset
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
@@ -124,6 +125,9 @@ class RunConfig:
     """Also write TensorBoard scalars (needs the [plots] extra)."""
     mixed_precision: MixedPrecision | None = None
     """Overrides `accelerate launch --mixed_precision`."""
+    eval_backend: EvalBackend = "pycocotools"
+    """COCO evaluation: pycocotools, or faster-coco-eval (the same numbers, computed in C++; the fast-eval
+    extra)."""
     cpu: bool = False
     """Force the CPU even when a GPU is present."""
     compile: bool = False

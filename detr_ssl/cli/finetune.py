@@ -80,7 +80,7 @@ def finetune(cfg: FinetuneConfig, category_groups: Mapping[str, Sequence[int]] |
     accelerator.print(f"training on {len(train_set)} images, evaluating on {len(val_set)} "
                       f"({accelerator.num_processes} processes)")
     evaluate = make_coco_evaluate(accelerator, val_set, cfg.optim.batch_size, cfg.data.num_workers, task.detect,
-                                  category_groups)
+                                  category_groups, cfg.run.eval_backend)
     trainer = Trainer(
         accelerator, model, task, train_set, cfg.optim, cfg.run, num_workers=cfg.data.num_workers,
         evaluate=evaluate,

@@ -15,6 +15,7 @@ from detr_ssl.datasets import CocoDetection, collate_detection
 from detr_ssl.datasets.collate import Batch
 from detr_ssl.engine.trainer import Evaluate
 from detr_ssl.evaluation import CocoEvaluator, postprocess
+from detr_ssl.evaluation.coco_eval import EvalBackend
 from detr_ssl.models.outputs import DetectionOutput
 
 
@@ -47,13 +48,14 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator, dete
 
 def make_coco_evaluate(accelerator: Accelerator, dataset: CocoDetection, batch_size: int,
                        num_workers: int = 0, detect: Detect = run_detector,
-                       category_groups: Mapping[str, Sequence[int]] | None = None) -> Evaluate:
+                       category_groups: Mapping[str, Sequence[int]] | None = None,
+                       backend: EvalBackend = "pycocotools") -> Evaluate:
     """A callable ``model -> COCO box metrics`` over ``dataset`` (metrics are computed on the main
     process; other processes get an empty dict).
 
     ``category_groups`` (e.g. few-shot ``{"novel": [...], "base": [...]}``, COCO category ids) adds, per
     group, the metrics scored on that group's categories only, as ``"{group}/{metric}"``: one prediction
-    pass, one COCOeval per group.
+    pass, one COCOeval per group. ``backend`` picks the COCOeval implementation (same numbers).
     """
     # Own generator: evaluating must not move the training run's global RNG.
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -63,7 +65,7 @@ def make_coco_evaluate(accelerator: Accelerator, dataset: CocoDetection, batch_s
         detections = predict(model, loader, accelerator, detect)
         if not accelerator.is_main_process:
             return {}
-        evaluator = CocoEvaluator(dataset.coco, dataset.category_ids)
+        evaluator = CocoEvaluator(dataset.coco, dataset.category_ids, backend=backend)
         unique = {d["image_id"]: d for d in detections}  # even_batches may repeat an image
         for det in unique.values():
             evaluator.update(det["image_id"], det)

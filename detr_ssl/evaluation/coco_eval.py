@@ -1,6 +1,8 @@
 """COCO box AP with pycocotools: accumulate detections per image, score them, write the metrics.
 
-pycocotools prints progress on every call; the evaluator captures that output unless ``verbose``.
+pycocotools prints progress on every call; the evaluator captures that output unless ``verbose``. The
+``faster-coco-eval`` backend (the optional package of that name) runs the same evaluation in C++ on the
+same pycocotools indices and gives the same numbers (tested); ``scripts/bench_coco_eval.py`` times both.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -20,14 +22,29 @@ from torch import Tensor
 
 from detr_ssl.atomic_io import atomic_write_json
 from detr_ssl.box_ops import xyxy_to_xywh
-from detr_ssl.errors import DataError
+from detr_ssl.errors import ConfigError, DataError
 
-__all__ = ["AGNOSTIC_MAX_DETS", "METRIC_NAMES", "CocoEvaluator", "load_coco", "write_metrics_json"]
+__all__ = ["AGNOSTIC_MAX_DETS", "METRIC_NAMES", "CocoEvaluator", "EvalBackend", "cocoeval_class", "load_coco",
+           "write_metrics_json"]
 
 #: Keys of :meth:`CocoEvaluator.compute`, in the order of ``COCOeval.stats[:6]``.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 #: Detections per image at which :meth:`CocoEvaluator.class_agnostic_recall` reports recall (as DetReg does).
 AGNOSTIC_MAX_DETS = (10, 30, 100)
+
+EvalBackend = Literal["pycocotools", "faster-coco-eval"]
+
+
+def cocoeval_class(backend: EvalBackend) -> type:
+    """The ``COCOeval`` implementation of ``backend`` (ConfigError when its package is not installed)."""
+    if backend == "pycocotools":
+        return COCOeval
+    try:
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        raise ConfigError("--eval-backend faster-coco-eval needs the faster-coco-eval package: "
+                          "pip install 'detr-ssl[fast-eval]'") from None
+    return COCOeval_faster
 
 
 @contextlib.contextmanager
@@ -93,8 +110,9 @@ class CocoEvaluator:
     """
 
     def __init__(self, ground_truth: COCO | Mapping[str, Any] | str | Path, category_ids: Sequence[int],
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, backend: EvalBackend = "pycocotools") -> None:
         self.verbose = verbose
+        self._cocoeval = cocoeval_class(backend)
         self.coco = load_coco(ground_truth, verbose)
         self.category_ids = [int(c) for c in category_ids]
         unknown = sorted(set(self.category_ids) - set(self.coco.getCatIds()))
@@ -152,7 +170,12 @@ class CocoEvaluator:
             metric with no ground-truth object to score (e.g. ``APs`` without small objects) is ``-1.0``;
             it is not NaN so the dict stays valid JSON.
         """
-        evaluation = COCOeval(self.coco, self._results(), iouType="bbox")
+        return {name: float(value) for name, value in zip(METRIC_NAMES, self.stats(cat_ids)[: len(METRIC_NAMES)])}
+
+    def stats(self, cat_ids: Sequence[int] | None = None) -> list[float]:
+        """All twelve numbers of COCO's box summary (AP at the IoU and area ranges, then AR at 1 / 10 / 100
+        detections and per area), as ``COCOeval.stats``; :meth:`compute` names the first six."""
+        evaluation = self._cocoeval(self.coco, self._results(), "bbox")
         evaluation.params.imgIds = sorted(self._detections) or sorted(self.coco.getImgIds())
         if cat_ids is not None:
             unknown = sorted(set(cat_ids) - set(self.coco.getCatIds()))
@@ -164,14 +187,14 @@ class CocoEvaluator:
             evaluation.evaluate()
             evaluation.accumulate()
             evaluation.summarize()
-        return {name: float(value) for name, value in zip(METRIC_NAMES, evaluation.stats[: len(METRIC_NAMES)])}
+        return [float(value) for value in evaluation.stats]
 
     def class_agnostic_recall(self, max_dets: Sequence[int] = AGNOSTIC_MAX_DETS) -> dict[str, float]:
         """``{"AR@10": ..., "AR@30": ..., "AR@100": ...}``: recall of the recorded boxes against every
         ground-truth object whatever its category (pycocotools with ``useCats = 0``), averaged over IoU
         0.50:0.95, for the ``n`` highest-scoring boxes of each image; how a label-free pretext's boxes are
         judged. -1.0 when the ground truth has no object."""
-        evaluation = COCOeval(self.coco, self._results(), iouType="bbox")
+        evaluation = self._cocoeval(self.coco, self._results(), "bbox")
         evaluation.params.imgIds = sorted(self._detections) or sorted(self.coco.getImgIds())
         evaluation.params.useCats = 0
         evaluation.params.maxDets = sorted(int(n) for n in max_dets)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
+from detr_ssl.benchmarking import synthetic_coco_predictions
+from detr_ssl.errors import ConfigError
 from detr_ssl.evaluation import METRIC_NAMES, CocoEvaluator, postprocess, write_metrics_json
+from detr_ssl.evaluation.coco_eval import cocoeval_class
 from detr_ssl.models.outputs import DetectionOutput
 
 CATEGORY_IDS = [1, 5, 90]  # non-contiguous on purpose: label i is CATEGORY_IDS[i]
@@ -217,3 +222,46 @@ def test_class_agnostic_recall_of_shifted_boxes_is_below_one() -> None:
         evaluator.update(image_id, _as_detections(boxes, shift=4.0))
     recall = evaluator.class_agnostic_recall()
     assert 0.0 < recall["AR@100"] < 1.0
+
+
+def _jittered_truth(ground_truth: dict[str, Any], generator: torch.Generator) -> dict[int, dict[str, Tensor]]:
+    """Each image's ground-truth boxes moved by a few pixels, every fourth with the next class, random scores."""
+    index = {category["id"]: i for i, category in enumerate(ground_truth["categories"])}
+    detections: dict[int, dict[str, Tensor]] = {}
+    for number, annotation in enumerate(ground_truth["annotations"]):
+        x, y, w, h = annotation["bbox"]
+        found = detections.setdefault(annotation["image_id"], {"boxes": [], "labels": [], "scores": []})
+        found["boxes"].append(torch.tensor([x, y, x + w, y + h]) + 3 * torch.randn(4, generator=generator))
+        found["labels"].append((index[annotation["category_id"]] + (number % 4 == 0)) % len(index))
+        found["scores"].append(float(torch.rand((), generator=generator)))
+    return {image_id: {"boxes": torch.stack(found["boxes"]), "labels": torch.tensor(found["labels"]),
+                       "scores": torch.tensor(found["scores"])} for image_id, found in detections.items()}
+
+
+@pytest.mark.parametrize("source", ["synthetic", "demo"])
+def test_faster_coco_eval_gives_the_numbers_of_pycocotools(source: str, demo_data) -> None:
+    """All twelve summary numbers and the class-agnostic recall, on a set with crowd boxes and images without
+    annotations or detections, and on the demo val set with jittered ground truth as detections."""
+    pytest.importorskip("faster_coco_eval", reason="faster-coco-eval is in the test extra")
+    if source == "synthetic":
+        ground_truth, detections = synthetic_coco_predictions(300, seed=1)
+    else:
+        ground_truth = json.loads(demo_data.val_json.read_text())
+        detections = _jittered_truth(ground_truth, torch.Generator().manual_seed(0))
+    category_ids = [category["id"] for category in ground_truth["categories"]]
+    scores = []
+    for backend in ("pycocotools", "faster-coco-eval"):
+        evaluator = CocoEvaluator(ground_truth, category_ids, backend=backend)
+        for image_id, found in detections.items():
+            evaluator.update(image_id, found)
+        scores.append((evaluator.stats(), evaluator.class_agnostic_recall()))
+    assert cocoeval_class("faster-coco-eval").__module__.startswith("faster_coco_eval")
+    assert 0.0 < scores[0][0][0] < 1.0  # neither trivial nor perfect, so equality means something
+    assert scores[1][0] == pytest.approx(scores[0][0], abs=1e-12)
+    assert scores[1][1] == pytest.approx(scores[0][1], abs=1e-12)
+
+
+def test_an_unknown_evaluation_backend_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # as if not installed
+    with pytest.raises(ConfigError, match="needs the faster-coco-eval package"):
+        cocoeval_class("faster-coco-eval")

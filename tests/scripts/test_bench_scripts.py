@@ -51,3 +51,10 @@ def test_bench_pretrain_step_writes_every_phase(tmp_path: Path) -> None:
                      tiny["unsplit_step_ms"], tiny["phases_vs_unsplit"])
     assert math.isclose(sum(tiny["phase_share"].values()), 1.0)
     assert tiny["crop_size"] == 32 and tiny["batch_size"] == 2
+
+
+def test_bench_coco_eval_times_both_backends_on_the_same_numbers(tmp_path: Path) -> None:
+    results = _run_script("bench_coco_eval.py", tmp_path / "coco_eval.json", "--images", "40", "--repeats", "1")
+
+    assert _positive(results["speedup"], *results["median_ms"].values())
+    assert results["stats"]["pycocotools"] == results["stats"]["faster-coco-eval"]
