@@ -97,7 +97,7 @@ class CompareConfig:
 
 
 def demo_compare() -> CompareConfig:
-    """About 12 minutes on 2 CPU cores: SwAV (backbone baseline and chain), DetReg on it, PixPro; 3 seeds."""
+    """About 9 minutes on 2 CPU cores: SwAV (backbone baseline and chain), DetReg on it, PixPro; 3 seeds."""
     return CompareConfig(
         tasks=("swav", "detreg", "pixpro"), demo=True, fractions=(0.25, 0.5), seeds=(42, 43, 44),
         pretrain_preset="demo", schedule=("0.5=12",), output_dir=Path("outputs/demo-compare"),
