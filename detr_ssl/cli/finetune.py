@@ -88,7 +88,7 @@ def finetune(cfg: FinetuneConfig, category_groups: Mapping[str, Sequence[int]] |
                           "category_ids": train_set.category_ids, "category_names": train_set.category_names},
     )
     metrics = trainer.fit()
-    if metrics is None:  # stopped by --max-steps before the scheduled evaluation; every process joins this one
+    if metrics is None:  # resumed after the last epoch: nothing trained, nothing evaluated; every process joins
         metrics = evaluate(trainer.model)
     if accelerator.is_main_process:
         write_metrics_json(cfg.run.output_dir / "metrics.json", metrics)

@@ -141,12 +141,15 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, float] | None:
-        """Trains until ``optim.epochs`` (or ``run.max_steps``); returns the last evaluation's metrics, or
-        None when none ran (stopped by ``max_steps`` first, or no ``evaluate``)."""
+        """Trains until ``optim.epochs`` (or ``run.max_steps``, where the run is evaluated before it stops);
+        returns the last evaluation's metrics, or None when none ran (no ``evaluate``, or nothing left to
+        train)."""
         try:
             while self.progress.epoch < self.optim_cfg.epochs:
                 finished_epoch = self._train_epoch()
                 if not finished_epoch:
+                    if self.evaluate_fn is not None:
+                        self._evaluate()
                     self._save()
                     break
                 self.progress.epoch += 1
