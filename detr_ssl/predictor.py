@@ -97,10 +97,11 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", *,
                         eval_size: int | None = None, max_size: int | None = None, batch_size: int | None = None,
-                        class_agnostic: bool = False) -> Detector:
+                        class_agnostic: bool = False, checkpoint: Any = None) -> Detector:
         """The detector in ``path`` (a fine-tuning ``checkpoint.pth`` or a detector pretext's
-        ``pretrained.pth``). Input size and batch size default to those the checkpoint records."""
-        loaded = load_detector(Path(path), device)
+        ``pretrained.pth``; ``checkpoint`` is its content when the caller has read it already). Input size
+        and batch size default to those the checkpoint records."""
+        loaded = load_detector(Path(path), device, checkpoint)
         recorded_size = loaded.input_size or (PAPER_EVAL_SIZE, PAPER_MAX_SIZE)
         return cls(loaded, eval_size or recorded_size[0], max_size or recorded_size[1],
                    batch_size or loaded.eval_batch_size or 1, class_agnostic)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -45,10 +46,12 @@ class QueryPatchDetector:
         self.num_patches = num_patches
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> QueryPatchDetector:
-        """The model in a ``pretrained.pth`` written by ``--task updetr``."""
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
+                        checkpoint: Any = None) -> QueryPatchDetector:
+        """The model in a ``pretrained.pth`` written by ``--task updetr`` (``checkpoint``: its content, when
+        the caller has read it already)."""
         path = Path(path)
-        checkpoint = load_untrusted(path)
+        checkpoint = load_untrusted(path) if checkpoint is None else checkpoint
         extras = checkpoint.get(QUERY_PATCH_KEY) if isinstance(checkpoint, dict) else None
         if not isinstance(extras, dict):
             raise CheckpointError(f"{path}: query-patch detection needs the pretrained.pth of a model pretrained "

@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 import tyro
+from pycocotools.coco import COCO
 from tqdm.auto import tqdm
 
 from detr_ssl.atomic_io import atomic_write_json
@@ -74,11 +75,11 @@ def resolve_images(spec: str) -> list[Path]:
     return matches
 
 
-def annotated_images(paths: list[Path], annotations: Path) -> tuple[list[Path], list[int]]:
-    """The ``paths`` that ``annotations`` lists (matched by relative path, else base name) with their ids, in
-    ascending id order as evaluation batches them; the others are left out, with a note."""
+def annotated_images(paths: list[Path], annotations: Path, coco: COCO) -> tuple[list[Path], list[int]]:
+    """The ``paths`` that ``annotations`` (read as ``coco``) lists, matched by relative path, else base name,
+    with their ids, in ascending id order as evaluation batches them; the others are left out, with a note."""
     by_name: dict[str, int] = {}
-    for entry in load_coco(annotations).dataset["images"]:
+    for entry in coco.dataset["images"]:
         by_name[entry["file_name"]] = by_name[Path(entry["file_name"]).name] = int(entry["id"])
     listed = sorted((by_name.get(path.as_posix(), by_name.get(path.name)), path) for path in paths
                     if path.as_posix() in by_name or path.name in by_name)
@@ -108,9 +109,9 @@ def _draw(image: Path, found: Detections, threshold: float, target: Path) -> Non
     draw_boxes(read_rgb_image(image), shown.boxes.tolist(), labels, shown.labels.tolist()).save(target)
 
 
-def _score(cfg: PredictConfig, detector: Detector, ids: list[int], found: list[Detections]) -> dict[str, float]:
-    """COCO box metrics of ``found`` against ``--annotations`` (class-agnostic: recall AR@10/30/100)."""
-    coco = load_coco(cfg.annotations)
+def _score(coco: COCO, detector: Detector, ids: list[int], found: list[Detections]) -> dict[str, float]:
+    """COCO box metrics of ``found`` against the ``--annotations`` ``coco`` (class-agnostic: recall
+    AR@10/30/100)."""
     agnostic = detector.class_agnostic  # label 0 stands for any ground-truth category
     evaluator = CocoEvaluator(coco, coco.getCatIds()[:1] if agnostic else detector.category_ids)
     for image_id, detections in zip(ids, found):
@@ -125,8 +126,9 @@ def predict(cfg: PredictConfig) -> list[dict]:
     if cfg.top_k < 1 or cfg.batch_size is not None and cfg.batch_size < 1:
         raise ConfigError("--top-k and --batch-size must be positive")
     paths = resolve_images(cfg.images)
-    if cfg.annotations is not None:
-        paths, ids = annotated_images(paths, cfg.annotations)
+    coco = load_coco(cfg.annotations) if cfg.annotations is not None else None
+    if coco is not None:
+        paths, ids = annotated_images(paths, cfg.annotations, coco)
     else:
         ids = list(range(len(paths)))
     root = Path(cfg.images) if Path(cfg.images).is_dir() else None
@@ -156,8 +158,8 @@ def predict(cfg: PredictConfig) -> list[dict]:
     atomic_write_json(cfg.output_dir / DETECTIONS_FILE, results)
     print(f"{len(results)} detections on {len(paths)} images written to {cfg.output_dir / DETECTIONS_FILE}"
           + (f"; pictures in {cfg.output_dir / PICTURES_DIR}" if cfg.draw else ""))
-    if cfg.annotations is not None and detector is not None:
-        metrics = _score(cfg, detector, ids, found)
+    if coco is not None and detector is not None:
+        metrics = _score(coco, detector, ids, found)
         write_metrics_json(cfg.output_dir / "metrics.json", metrics)
         print(f"scored against {cfg.annotations}: {json.dumps(metrics)}")
     return results

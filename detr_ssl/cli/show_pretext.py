@@ -48,8 +48,8 @@ class ShowPretextConfig:
     """Seed of the UP-DETR patches."""
 
 
-def _proposal_rows(cfg: ShowPretextConfig, images: list[Path]) -> list[Image.Image]:
-    detector = Detector.from_checkpoint(cfg.checkpoint, class_agnostic=True)
+def _proposal_rows(cfg: ShowPretextConfig, images: list[Path], checkpoint: dict) -> list[Image.Image]:
+    detector = Detector.from_checkpoint(cfg.checkpoint, class_agnostic=True, checkpoint=checkpoint)
     rows = []
     for path, found in zip(images, detector.predict(images, top_k=cfg.boxes)):
         picture = read_rgb_image(path)
@@ -62,10 +62,10 @@ def _proposal_rows(cfg: ShowPretextConfig, images: list[Path]) -> list[Image.Ima
     return rows
 
 
-def _patch_rows(cfg: ShowPretextConfig, images: list[Path]) -> list[Image.Image]:
+def _patch_rows(cfg: ShowPretextConfig, images: list[Path], checkpoint: dict) -> list[Image.Image]:
     from detr_ssl.query_patch import QueryPatchDetector, patch_search_hits
 
-    finder = QueryPatchDetector.from_checkpoint(cfg.checkpoint)
+    finder = QueryPatchDetector.from_checkpoint(cfg.checkpoint, checkpoint=checkpoint)
     rows, hits, total = [], 0, 0
     for path in images:
         picture = read_rgb_image(path)
@@ -89,9 +89,9 @@ def show_pretext(cfg: ShowPretextConfig) -> Path:
     task = checkpoint.get("task") if isinstance(checkpoint, dict) else None
     images = resolve_images(cfg.images)[: cfg.count]
     if task in PROPOSAL_TASKS:
-        rows = _proposal_rows(cfg, images)
+        rows = _proposal_rows(cfg, images, checkpoint)
     elif task == "updetr":
-        rows = _patch_rows(cfg, images)
+        rows = _patch_rows(cfg, images, checkpoint)
     else:
         raise CheckpointError(f"{cfg.checkpoint}: not the pretrained.pth of a detector pretext "
                               f"({', '.join(PROPOSAL_TASKS)} or updetr); it records task {task!r}")
