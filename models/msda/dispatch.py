@@ -4,12 +4,13 @@ Backends: ``"pytorch"`` (`pytorch_backend`, any device, the default) and ``"mmcv
 kernel). ``"auto"`` takes mmcv only when its op imports *and* the tensors are on CUDA. An explicitly
 requested backend that cannot run raises `BackendUnavailableError` when called, never at import.
 Inside `export_mode` every call runs the traceable `export_formulation` instead, whatever the backend.
+Under ``torch.compile`` the pytorch backend runs as the registered operator of `registered_op`, so
+Dynamo traces whole models without a graph break; mmcv's kernel stays an eager island (a graph break).
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 from collections.abc import Iterator
 from typing import Literal, get_args
@@ -18,15 +19,18 @@ import torch
 from torch import Tensor
 
 from detr_ssl.errors import BackendUnavailableError
+from detr_ssl.models.config import Backend
 from detr_ssl.models.msda.export_formulation import ms_deform_attn_export
 from detr_ssl.models.msda.mmcv_backend import mmcv_unavailable_reason, ms_deform_attn_mmcv
 from detr_ssl.models.msda.precision import autocast_disabled
 from detr_ssl.models.msda.pytorch_backend import ms_deform_attn_pytorch
+from detr_ssl.models.msda.registered_op import ms_deform_attn_op
 
-Backend = Literal["auto", "pytorch", "mmcv"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 
-_EXPORTING = contextvars.ContextVar("msda_export_mode", default=False)
+# A module global, not a ContextVar: Dynamo reads a global as a constant (and guards on it), while a
+# ContextVar lookup would break the graph. Exporting is single-threaded, so nothing else needs it.
+_exporting = False
 
 
 @contextlib.contextmanager
@@ -34,11 +38,12 @@ def export_mode() -> Iterator[None]:
     """While active, `multi_scale_deformable_attention` computes with `ms_deform_attn_export` (gathers and
     tensor arithmetic on the level layout) so that ``torch.export`` / ``torch.onnx.export`` can trace a model
     for any input size. Slower than the backends and heavier on memory: for exporting only."""
-    token = _EXPORTING.set(True)
+    global _exporting
+    before, _exporting = _exporting, True
     try:
         yield
     finally:
-        _EXPORTING.reset(token)
+        _exporting = before
 
 
 def check_backend_name(backend: str) -> None:
@@ -99,10 +104,9 @@ def _check_shapes(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
         fail("spatial_shapes and level_start_index must be integer tensors")
 
 
-# torch.compile runs the op eagerly and compiles the layers around it: the op is already a fused kernel
-# (mmcv's, or the pytorch backend's gather-sum with a hand-written backward), and its layout is Python
-# data read from spatial_shapes (.tolist()), which Dynamo can only trace by specialising on every shape.
-@torch.compiler.disable
+_mmcv_eagerly = torch.compiler.disable(ms_deform_attn_mmcv)  # an extension's autograd Function: not traceable
+
+
 def multi_scale_deformable_attention(
     value: Tensor,
     spatial_shapes: Tensor,
@@ -150,10 +154,12 @@ def multi_scale_deformable_attention(
     inputs = (value.to(dtype), spatial_shapes, level_start_index, sampling_locations.to(dtype),
               attention_weights.to(dtype))
     with autocast_disabled(value.device):
-        if _EXPORTING.get():
+        if _exporting:
             out = ms_deform_attn_export(*inputs)
         elif resolve_backend(backend, value.device) == "mmcv" and value.numel() and sampling_locations.numel():
-            out = ms_deform_attn_mmcv(*inputs)  # (empty work goes to the pytorch path, which handles it anywhere)
+            out = _mmcv_eagerly(*inputs)  # (empty work goes to the pytorch path, which handles it anywhere)
+        elif torch.compiler.is_compiling():
+            out = ms_deform_attn_op(*inputs)
         else:
             out = ms_deform_attn_pytorch(*inputs)
     return out.to(value.dtype)

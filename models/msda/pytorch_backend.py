@@ -228,48 +228,75 @@ def _point_grads(dots: Tensor, frac: Tensor, attention: Tensor, levels: _Levels,
     return grad_locations, grad_attention
 
 
+def sparse_forward(value: Tensor, locations: Tensor, attention: Tensor, levels: _Levels,
+                   ) -> tuple[Tensor, Tensor, _Taps]:
+    """The forward gather-sum: ``(N, Lq, M * D)``, plus the padded value and the taps its backward reads."""
+    n, _, heads, channels = value.shape
+    queries = locations.shape[1]
+    padded = levels.pad(value)
+    taps = _taps(levels, locations, attention)
+    count = taps.index.shape[0]
+    if taps.index.numel():
+        out = F.embedding_bag(taps.index.view(count, -1), padded.view(-1, channels),
+                              per_sample_weights=taps.weight.view(count, -1), mode="sum")
+    else:
+        out = value.new_zeros(count, channels)
+    return out.view(n, queries, heads * channels), padded, taps
+
+
+def sparse_backward(grad_out: Tensor, padded: Tensor, attention: Tensor, taps: _Taps, levels: _Levels, length: int,
+                    needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of `sparse_forward`'s output w.r.t. value, locations and attention (None where ``needs`` is
+    False); ``length`` is the caller's ``S``."""
+    n, padded_length, heads, channels = padded.shape
+    grad = grad_out.reshape(-1, channels).contiguous()  # (B, D)
+    need_value, need_locations, need_attention = needs
+    empty = taps.index.numel() == 0
+    grad_value = grad_locations = grad_attention = None
+    # backward() may run inside an autocast region, whose state these ops would inherit: they compute
+    # in the forward's dtype, as the forward did (see multi_scale_deformable_attention).
+    with autocast_disabled(grad.device):
+        if need_locations or need_attention:
+            dots = torch.zeros_like(taps.weight) if empty else _sampled_dots(
+                taps.index.view(taps.index.shape[0], -1), grad, padded.view(-1, channels))
+            grad_locations, grad_attention = _point_grads(dots, taps.frac, attention, levels, need_locations,
+                                                          need_attention)
+            del dots  # free before the value gradient's buffers
+        if need_value:
+            rows = n * padded_length * heads
+            padded_grad = grad.new_zeros(rows, channels) if empty else _scatter_rows(taps.index, taps.weight, grad,
+                                                                                      rows)
+            grad_value = levels.unpad(padded_grad.view(n, padded_length, heads, channels), length)
+    return grad_value, grad_locations, grad_attention
+
+
 class _SparseMSDA(torch.autograd.Function):
     """Gather-sum over bilinear taps; the backward never materialises per-tap value rows either."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, value: Tensor, locations: Tensor, attention: Tensor, levels: _Levels) -> Tensor:
-        n, length, heads, channels = value.shape
-        queries = locations.shape[1]
-        padded = levels.pad(value)
-        taps = _taps(levels, locations, attention)
-        count = taps.index.shape[0]
-        if taps.index.numel():
-            out = F.embedding_bag(taps.index.view(count, -1), padded.view(-1, channels),
-                                  per_sample_weights=taps.weight.view(count, -1), mode="sum")
-        else:
-            out = value.new_zeros(count, channels)
+        out, padded, taps = sparse_forward(value, locations, attention, levels)
         ctx.save_for_backward(padded, attention, taps.index, taps.weight, taps.frac)
-        ctx.levels, ctx.length = levels, length
-        return out.view(n, queries, heads * channels)
+        ctx.levels, ctx.length = levels, value.shape[1]
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         padded, attention, index, weight, frac = ctx.saved_tensors
-        n, padded_length, heads, channels = padded.shape
-        grad = grad_out.reshape(-1, channels).contiguous()  # (B, D)
-        need_value, need_locations, need_attention = ctx.needs_input_grad[:3]
-        empty = index.numel() == 0
-        grad_value = grad_locations = grad_attention = None
-        # backward() may run inside an autocast region, whose state these ops would inherit: they compute
-        # in the forward's dtype, as the forward did (see multi_scale_deformable_attention).
-        with autocast_disabled(grad.device):
-            if need_locations or need_attention:
-                dots = torch.zeros_like(weight) if empty else _sampled_dots(
-                    index.view(index.shape[0], -1), grad, padded.view(-1, channels))
-                grad_locations, grad_attention = _point_grads(dots, frac, attention, ctx.levels, need_locations,
-                                                              need_attention)
-                del dots  # free before the value gradient's buffers
-            if need_value:
-                rows = n * padded_length * heads
-                padded_grad = grad.new_zeros(rows, channels) if empty else _scatter_rows(index, weight, grad, rows)
-                grad_value = ctx.levels.unpad(padded_grad.view(n, padded_length, heads, channels), ctx.length)
-        return grad_value, grad_locations, grad_attention, None
+        grads = sparse_backward(grad_out, padded, attention, _Taps(index, weight, frac), ctx.levels, ctx.length,
+                                ctx.needs_input_grad[:3])
+        return (*grads, None)
+
+
+def level_layout(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor) -> _Levels:
+    """The level layout as Python numbers; ValueError when a level does not fit in ``value``."""
+    levels = _Levels.of(spatial_shapes.tolist(), level_start_index.tolist())
+    for (height, width), start in zip(levels.shapes, levels.starts):
+        if start < 0 or start + height * width > value.shape[1]:
+            raise ValueError(f"level of shape {(height, width)} starting at row {start} does not fit in "
+                             f"value's {value.shape[1]} rows")
+    return levels
 
 
 def ms_deform_attn_pytorch(
@@ -295,9 +322,5 @@ def ms_deform_attn_pytorch(
     Returns:
         ``(N, Lq, M * D)``.
     """
-    levels = _Levels.of(spatial_shapes.tolist(), level_start_index.tolist())
-    for (height, width), start in zip(levels.shapes, levels.starts):
-        if start < 0 or start + height * width > value.shape[1]:
-            raise ValueError(f"level of shape {(height, width)} starting at row {start} does not fit in "
-                             f"value's {value.shape[1]} rows")
+    levels = level_layout(value, spatial_shapes, level_start_index)
     return _SparseMSDA.apply(value, sampling_locations, attention_weights, levels)
