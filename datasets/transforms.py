@@ -25,6 +25,18 @@ from PIL import Image
 from torch import Tensor
 
 from detr_ssl.box_ops import cxcywh_to_xyxy, xyxy_to_cxcywh
+from detr_ssl.datasets.sizes import (
+    DEMO_CROP,
+    DEMO_EVAL_SIZE,
+    DEMO_MAX_SIZE,
+    DEMO_TRAIN_SCALES,
+    PAPER_CROP,
+    PAPER_EVAL_SIZE,
+    PAPER_MAX_SIZE,
+    PAPER_TRAIN_SCALES,
+    PRETRAIN_MAX_SIZE,
+    PRETRAIN_TRAIN_SCALES,
+)
 
 __all__ = [
     "Compose",
@@ -56,23 +68,6 @@ ImageLike = Any  # PIL.Image.Image or a (C, H, W) tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: DETR / Deformable DETR training: short side 480..800 step 32, long side <= 1333, crop branch 384..600.
-PAPER_TRAIN_SCALES: tuple[int, ...] = tuple(range(480, 801, 32))
-PAPER_MAX_SIZE = 1333
-PAPER_CROP = (384, 600)
-PAPER_EVAL_SIZE = 800
-
-#: DetReg / UP-DETR pretraining (their released loaders): short side from this list, long side <= 600; the
-#: crop branch is the same 384..600 one.
-PRETRAIN_TRAIN_SCALES: tuple[int, ...] = (320, 336, 352, 368, 400, 416, 432, 448, 464, 480)
-PRETRAIN_MAX_SIZE = 600
-
-#: The same recipe scaled to the 128x128 demo images (sizes / 800 * 128, long side ratio kept).
-DEMO_TRAIN_SCALES: tuple[int, ...] = (96, 104, 112, 120, 128)
-DEMO_MAX_SIZE = 213
-DEMO_CROP = (64, 96)
-DEMO_EVAL_SIZE = 128
 
 #: The resize before the crop caps the long side at this many times ``max_size``. The paper's recipe has
 #: no cap there; with one this loose only aspect ratios above ~4.4:1 (paper sizes) are affected, and an

@@ -8,27 +8,25 @@
   (``malloc_trim``), resets the kernel's resident-set high-water mark (writing 5 to
   ``/proc/self/clear_refs``) and reads its resident set as the baseline; after the call, ``VmHWM`` minus
   that baseline is the peak: intermediates, tensors saved for backward, gradients, optimizer state, slack.
-- :func:`environment` and :func:`write_json`: what every result file records about the machine.
+
+What every benchmark's JSON records, and its argument parser, are in :mod:`detr_ssl.bench_cli` (no torch).
 """
 
 from __future__ import annotations
 
 import ctypes
 import multiprocessing
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from detr_ssl.atomic_io import atomic_write_json
+from detr_ssl.bench_cli import background_load, cpu_times
 
 
 def sync(device: torch.device) -> None:
@@ -37,27 +35,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def machine_cpu_seconds() -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of the whole machine so far, from ``/proc/stat``; None off Linux."""
-    try:
-        with open("/proc/stat") as stat:
-            ticks = [int(field) for field in stat.readline().split()[1:]]
-    except OSError:
-        return None
-    hertz = os.sysconf("SC_CLK_TCK")
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return (sum(ticks) - idle) / hertz, sum(ticks) / hertz
+CPU = torch.device("cpu")
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], warmup: int, repeats: int,
-                     device: torch.device = torch.device("cpu")) -> tuple[dict[str, list[float]], float | None]:
+                     device: torch.device = CPU) -> tuple[dict[str, list[float]], float | None]:
     """Milliseconds per run of each call (``repeats`` each after ``warmup`` untimed runs), interleaved run
     by run; and the share of the machine's CPU time other processes used meanwhile (None off Linux)."""
     for call in calls.values():
         for _ in range(warmup):
             call()
     times: dict[str, list[float]] = {name: [] for name in calls}
-    machine_before, own_before = machine_cpu_seconds(), time.process_time()
+    before = cpu_times()
     for _ in range(repeats):
         for name, call in calls.items():
             sync(device)
@@ -65,11 +54,7 @@ def time_interleaved(calls: dict[str, Callable[[], object]], warmup: int, repeat
             call()
             sync(device)
             times[name].append((time.perf_counter() - start) * 1e3)
-    machine_after, own_after = machine_cpu_seconds(), time.process_time()
-    if machine_before is None or machine_after is None:
-        return times, None
-    others = (machine_after[0] - machine_before[0]) - (own_after - own_before)
-    return times, max(0.0, others) / max(machine_after[1] - machine_before[1], 1e-9)
+    return times, background_load(before, cpu_times())
 
 
 def _status_mb(field: str) -> float:
@@ -138,34 +123,6 @@ def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, max_
         torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def environment(device: torch.device = torch.device("cpu"), **extra: object) -> dict[str, object]:
-    """The machine and library versions a result was measured with."""
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor()
-                                                                                   or platform.machine()),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        **extra,
-    }
-
-
-def write_json(path: Path, payload: dict[str, object]) -> None:
-    """Writes ``payload`` as indented JSON (atomically, creating the folder) and says where."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, payload, indent=2)
-    print(f"wrote {path}")
-
-
-def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
-    """A GitHub-markdown table (what the README shows)."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def synthetic_coco_predictions(num_images: int, seed: int = 0, num_classes: int = 5, side: int = 200,

@@ -2,19 +2,20 @@
 
 Two presets set every default at once: ``paper`` (the published Deformable DETR recipe, docs/PROTOCOLS.md)
 and ``demo`` (the tiny model on the embedded demo data, minutes on a laptop CPU). A pretext task adds its
-own option groups to :class:`PretrainConfig` (``detr_ssl.tasks``); this module never imports the tasks.
+own option groups to :class:`PretrainConfig` (``detr_ssl.tasks``); this module never imports the tasks, nor
+torch: ``--help`` builds its parser from here without importing either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import tyro
 
-from detr_ssl.datasets.transforms import (
+from detr_ssl.datasets.sizes import (
     DEMO_CROP,
     DEMO_EVAL_SIZE,
     DEMO_MAX_SIZE,
@@ -26,10 +27,11 @@ from detr_ssl.datasets.transforms import (
     PRETRAIN_MAX_SIZE,
     PRETRAIN_TRAIN_SCALES,
 )
-from detr_ssl.evaluation.coco_eval import EvalBackend
 from detr_ssl.models.config import MODEL_PRESETS, ModelConfig, model_preset
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
+#: COCO evaluation implementations (``detr_ssl.evaluation.coco_eval``).
+EvalBackend = Literal["pycocotools", "faster-coco-eval"]
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,9 @@ class RunConfig:
     cpu: bool = False
     """Force the CPU even when a GPU is present."""
     compile: bool = False
-    """Compile the model with torch.compile (Inductor). Opt-in: every new image size costs compilation
-    (minutes on a CPU), and on 2 CPU cores a compiled training step measured slower than eager (0.7-0.8x,
-    scripts/bench_compile.py); measure before using it on other hardware."""
+    """Compile the model with torch.compile (Inductor; the whole model is one graph). Opt-in: every new image
+    size costs compilation (minutes on a CPU), and on 2 CPU cores a compiled training step measured slower
+    than eager (scripts/bench_compile.py, docs/PERFORMANCE.md); measure before using it on other hardware."""
 
 
 @dataclass(frozen=True)
@@ -293,3 +295,77 @@ def with_backbone_init(model: ModelConfig, backbone_init: Path | None) -> ModelC
     if backbone_init is None:
         return model
     return replace(model, backbone_weights=backbone_init, backbone_norm="frozen_bn")
+
+
+def _group_type(annotation: Any) -> type:
+    """The dataclass of an option-group annotation (``Annotated[X, ...]`` -> ``X``)."""
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+
+
+#: What a pretext task exports into its output folder, the weights ``finetune.py --pretrained`` starts from.
+PRETRAINED_FILE = "pretrained.pth"
+
+
+class PretextOptions:
+    """A pretext task's command line: its option groups and how it adjusts the presets' defaults.
+
+    A task's options class lives in ``detr_ssl/tasks/options/<name>.py`` (registered with
+    ``@register_options("<name>")``, no torch) and the task class in ``detr_ssl/tasks/<name>.py`` derives
+    from it, so ``--task X --help`` builds X's parser without importing X's model code. Each option group
+    (a dataclass) becomes ``--<group>.*`` flags and a field ``config.<group>`` of the task's config: see
+    :meth:`config_class`.
+    """
+
+    name: ClassVar[str]
+
+    #: Option groups this task adds to the shared pretraining options: group name -> dataclass (or
+    #: ``Annotated[dataclass, tyro markers]``). Groups of base classes are inherited.
+    option_groups: ClassVar[dict[str, Any]] = {}
+
+    #: The flags that take a backbone pretext's SwAV-layout export when this task builds on one (a declared
+    #: chain, e.g. DetReg on a SwAV ResNet): the comparison protocol passes the chain backbone to each.
+    backbone_flags: ClassVar[tuple[str, ...]] = ("--backbone-init",)
+
+    #: The config class of each task name, built once: the options class and the task class deriving from
+    #: it must build the same class, or their configs would not pickle as one another's.
+    _config_classes: ClassVar[dict[str, type[PretrainConfig]]] = {}
+
+    @classmethod
+    def all_option_groups(cls) -> dict[str, Any]:
+        """:attr:`option_groups` of this class and its bases (a subclass's entry wins)."""
+        groups: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            groups.update(vars(klass).get("option_groups", {}))
+        return groups
+
+    @classmethod
+    def config_class(cls) -> type[PretrainConfig]:
+        """``PretrainConfig`` plus a field per option group: the dataclass tyro turns into this task's CLI.
+
+        Built once per task; it is reachable as ``detr_ssl.tasks.PretrainConfig_<name>`` so its instances
+        pickle (a spawned DataLoader worker can rebuild the class by name)."""
+        built = cls._config_classes.get(cls.name)
+        if built is None:
+            groups = [(group, annotation, field(default_factory=_group_type(annotation)))
+                      for group, annotation in cls.all_option_groups().items()]
+            built = make_dataclass(f"PretrainConfig_{cls.name}", groups, bases=(PretrainConfig,), frozen=True)
+            built.__module__, built.__doc__ = "detr_ssl.tasks", PretrainConfig.__doc__
+            cls._config_classes[cls.name] = built
+        return built
+
+    @classmethod
+    def with_options(cls, config: PretrainConfig) -> PretrainConfig:
+        """``config`` (the shared options, e.g. a preset) as this task's config, its groups at their defaults."""
+        shared = {name: getattr(config, name) for name in PretrainConfig.__dataclass_fields__}
+        return cls.config_class()(**{**shared, "task": cls.name})
+
+    @classmethod
+    def preset_config(cls, preset: str = "demo") -> PretrainConfig:
+        """The task's full configuration under ``preset`` before any flag: what ``--preset`` alone gives."""
+        return cls.defaults(cls.with_options(PRETRAIN_PRESETS[preset]()))
+
+    @classmethod
+    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
+        """The preset's defaults adjusted for this task, before the command-line flags apply (so a flag
+        always wins): e.g. the batch size and epochs a backbone pretext needs on the demo."""
+        return config

@@ -1,4 +1,6 @@
-"""The detector's configuration and its named presets (a variant is a few lines, never a copied model)."""
+"""The detector's configuration and its named presets (a variant is a few lines, never a copied model).
+
+Torch-free: the command-line entry points build their parsers from it without importing torch."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from detr_ssl.models.msda import Backend
+#: Implementations of the multi-scale deformable attention (``detr_ssl.models.msda``).
+Backend = Literal["auto", "pytorch", "mmcv"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,8 @@ class ModelConfig:
     """auto: mmcv's CUDA kernel when importable and on CUDA, otherwise pure PyTorch."""
     encoder_checkpointing: bool = False
     """Recompute each encoder layer's activations in the backward pass instead of keeping them (activation
-    checkpointing): same results, less training memory for one more encoder forward (r50 at 320 px: 0.6x
-    the peak memory of a step for 1.2x its time; scripts/bench_memory.py)."""
+    checkpointing): same results, less training memory for one more encoder forward (how much of each:
+    scripts/bench_memory.py, docs/PERFORMANCE.md)."""
 
 
 MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {}

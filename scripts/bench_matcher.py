@@ -1,101 +1,100 @@
-#!/usr/bin/env python
-"""Benchmark the Hungarian matcher: our batched cost vs a per-image loop (the DETR reference approach).
+"""Benchmark the Hungarian matcher against the DETR reference and a per-image loop, at several batch sizes.
 
-Prints a table and writes ``bench_results/matcher.json``. The peer computes each image's cost matrix on its
-own (``cost_matrix`` on that image's queries and targets) and runs the assignment; ours is
-``HungarianMatcher.forward``. Both must give assignments of identical total cost (checked per image on the
-per-image cost matrices; a tie can pick different pairs of equal cost). Time: median wall time over
-``--repeats`` calls after ``--warmup``, the two methods interleaved call by call.
+Prints a table and writes ``--output`` (default ``bench_results/matcher.json``).
 
-Example: ``python scripts/bench_matcher.py`` (seconds on 2 cores).
+Inputs per size ``BxQxK`` (``--sizes``, default ``16x300x50 2x300x20``): ``B`` images of ``Q`` queries with
+random logits over ``--classes`` classes (default 91) and random cxcywh boxes, and per image ``K/2..K``
+random targets. Every method uses the same matching cost (focal class cost, L1, GIoU, the default weights):
+
+- ``ours (HungarianMatcher)``: ``HungarianMatcher.forward``, which on CPU stacks each image's own costs
+  into one NumPy ``(sum K, Q)`` matrix and solves each image's block (lapx's ``lapjvr`` when installed,
+  else scipy), and elsewhere runs the padded batch below;
+- ``ours, padded (B, Q, K_max) batch path``: ``HungarianMatcher.match_padded``, one padded PyTorch cost
+  for the batch, copied to the host, then the same solver per image;
+- ``DETR reference: one (B*Q, sum K) cost, split``: ``HungarianMatcher.cost_matrix`` of every query of the
+  batch against every target of the batch (B times the pairs that matter), ``.view(B, Q, -1).cpu()``, split
+  into per-image column blocks, scipy's ``linear_sum_assignment`` on each image's own block;
+- ``per-image loop``: per image, ``cost_matrix`` of its queries and targets, then scipy.
+
+What is measured, and how:
+
+- Correctness first: each method's assignment is scored with the per-image ``cost_matrix`` (summed in
+  float64); all totals must agree (ties may pick different pairs of equal cost), else the run stops.
+- Time: median wall time of one call over ``--repeats`` runs after ``--warmup`` runs, the methods
+  interleaved run by run, so background load on a shared machine hits all of them alike; the background
+  load (share of the machine's CPU time other processes used meanwhile) is recorded per size. Ours' speed-up
+  against each other method is their median over ours.
+
+Example: ``python scripts/bench_matcher.py`` (seconds on 2 cores; the DETR reference at the large size takes
+most of them).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
-from pathlib import Path
+import sys
+from typing import Any
 
-import torch
-from scipy.optimize import linear_sum_assignment
+from detr_ssl.bench_cli import BenchRun, bench_parser, markdown_table, percent, positive_int
 
-from detr_ssl.matcher import HungarianMatcher
+NAME = "matcher"
 
 
-def make_batch(batch: int, queries: int, targets: int, classes: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(batch, queries, classes, generator=g)
-    boxes = torch.cat((torch.rand(batch, queries, 2, generator=g) * 0.8 + 0.1,
-                       torch.rand(batch, queries, 2, generator=g) * 0.3 + 0.02), dim=-1)
-    sizes = torch.randint(max(1, targets // 2), targets + 1, (batch,), generator=g).tolist()
-    truth = [{"labels": torch.randint(0, classes, (k,), generator=g),
-              "boxes": torch.cat((torch.rand(k, 2, generator=g) * 0.8 + 0.1,
-                                  torch.rand(k, 2, generator=g) * 0.3 + 0.02), dim=-1)} for k in sizes]
-    return logits, boxes, truth
+def size(text: str) -> tuple[int, int, int]:
+    """argparse type: ``BxQxK`` (batch, queries, most targets per image), each >= 1."""
+    try:
+        values = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected BxQxK with positive integers, e.g. 16x300x50, got {text!r}")
+    return values  # type: ignore[return-value]
 
 
-def per_image(matcher: HungarianMatcher, logits, boxes, truth):
-    matches = []
-    for i, target in enumerate(truth):
-        cost = matcher.cost_matrix(logits[i], boxes[i], target["labels"], target["boxes"])
-        rows, cols = linear_sum_assignment(cost.numpy())
-        matches.append((torch.as_tensor(rows), torch.as_tensor(cols)))
-    return matches
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = bench_parser(NAME, __doc__, repeats=50, warmup=3, device=True)
+    parser.add_argument("--sizes", type=size, nargs="+", default=[(16, 300, 50), (2, 300, 20)],
+                        help="batch x queries x most targets per image (default: 16x300x50 2x300x20)")
+    parser.add_argument("--classes", type=positive_int, default=91, help="number of classes (default 91)")
+    return parser.parse_args(argv)
 
 
-def total_cost(matcher: HungarianMatcher, logits, boxes, truth, matches) -> float:
-    total = 0.0
-    for i, (target, (rows, cols)) in enumerate(zip(truth, matches)):
-        cost = matcher.cost_matrix(logits[i], boxes[i], target["labels"], target["boxes"])
-        total += float(cost[rows, cols].double().sum())
-    return total
+def readme_table(payload: dict[str, Any]) -> str:
+    """Per size and method: median ms, ours' speed-up against it, the total assignment cost, bg load."""
+    results = payload["results"]
+    rows = []
+    for row in results["sizes"]:
+        for method, median in row["median_ms"].items():
+            speedup = row["ours_speedup"].get(method)
+            rows.append([row["size"], method, f"{median:.3f}", "-" if speedup is None else f"{speedup:.2f}x",
+                         f"{row['total_cost'][method]:.3f}", percent(payload["background_load"][row["size"]])])
+    title = (f"Batch x queries x most targets, {results['classes']} classes; our assignment solver: "
+             f"{results['solver']}; peers solve with scipy")
+    return title + "\n\n" + markdown_table(["size", "method", "median ms", "ours vs it", "total cost", "bg load"],
+                                           rows)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--targets", type=int, default=50, help="most targets per image (each has K/2..K)")
-    parser.add_argument("--classes", type=int, default=91)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--output", type=Path, default=Path("bench_results"))
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    matcher = HungarianMatcher()
-    logits, boxes, truth = make_batch(args.batch, args.queries, args.targets, args.classes, seed=0)
-    methods = {"ours (batched cost)": lambda: matcher(logits, boxes, truth),
-               "per-image loop": lambda: per_image(matcher, logits, boxes, truth)}
-    costs = {name: total_cost(matcher, logits, boxes, truth, run()) for name, run in methods.items()}
-    if abs(costs["ours (batched cost)"] - costs["per-image loop"]) > 1e-3 * max(1.0, abs(costs["per-image loop"])):
-        raise SystemExit(f"total matching costs differ: {costs}")
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for repeat in range(args.warmup + args.repeats):
-        for name, run in methods.items():
-            start = time.perf_counter()
-            run()
-            if repeat >= args.warmup:
-                times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    peer = medians["per-image loop"]
-    print(f"Hungarian matching, batch {args.batch} x {args.queries} queries x up to {args.targets} targets, "
-          f"{args.classes} classes, {torch.get_num_threads()} threads; total cost {costs['per-image loop']:.3f} (same for both)")
-    print("| method | median ms | speed-up vs per-image loop |")
-    print("|---|---|---|")
-    for name, median in medians.items():
-        print(f"| {name} | {median * 1e3:.2f} | {peer / median:.2f}x |")
-    result = {"machine": platform.platform(), "threads": torch.get_num_threads(), "args": vars(args) | {"output": str(args.output)},
-              "total_cost": costs, "median_s": medians, "speedup_vs_per_image": peer / medians["ours (batched cost)"]}
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "matcher.json").write_text(json.dumps(result, indent=2))
-    print(f"written to {args.output / 'matcher.json'}")
+def readme_summary(payload: dict[str, Any]) -> tuple[str, str, str]:
+    targets = payload["results"]["targets"]
+    reached = "; ".join(f"{row['size']}: " + ", ".join(f"{row['ours_speedup'][peer]:.2f}x" for peer in targets)
+                        for row in payload["results"]["sizes"])
+    return (" and ".join(targets), " and ".join(f">= {target:g}x" for target in targets.values()), reached)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = BenchRun(NAME, args, argv)
+    import torch
+
+    from detr_ssl.cli.bench_matcher import TARGETS, measure
+    from detr_ssl.matcher import ASSIGNMENT_SOLVER
+
+    rows = measure(args.sizes, args.classes, torch.device(args.device), args.warmup, args.repeats, args.seed, run)
+    payload = run.write({"classes": args.classes, "solver": ASSIGNMENT_SOLVER, "targets": TARGETS, "sizes": rows},
+                        libraries=("scipy", "lapx"), device=args.device)
+    print(readme_table(payload))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

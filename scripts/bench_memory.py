@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark encoder activation checkpointing: peak memory and time of one training step vs batch size.
 
-Prints a markdown table and writes ``bench_results/memory.json``.
+Prints a markdown table and writes ``--output`` (default ``bench_results/memory.json``).
 
 Set-up: for each ``--model-size`` preset and ``--batch-size``, the detector twice from the same weights,
 without (the peer) and with ``encoder_checkpointing`` (``ModelConfig.encoder_checkpointing``: each
@@ -22,64 +22,37 @@ What is measured, and how:
   one more encoder forward). ``bg load`` is the share of the machine's CPU time other processes used while
   the steps were timed.
 
-Measured on 2 cores (320 x 320 images, batch 1 / 2 / 4): r50 peaks at 694 / 1332 / 2453 MiB without and
-404 / 788 / 1479 MiB with checkpointing (0.58-0.60x) for 15-20% more time per step; the tiny model's
-2-layer, 64-d encoder is a small part of its step, so there it saves 0-11% for 7-12% more time.
+The encoder's share of a step sets the saving: large for the R50 model's 6-layer, 256-d encoder, small
+for the tiny model's 2-layer, 64-d one (README, Performance).
 
-Example: ``python scripts/bench_memory.py --threads 2`` (about two minutes on 2 cores);
+Example: ``python scripts/bench_memory.py --threads 2`` (minutes on 2 cores);
 ``--model-size tiny r50`` adds the ResNet-50 model (a few more).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
-import torch
+from detr_ssl.bench_cli import BenchRun, bench_parser, markdown_table, percent, positive_int
 
-from detr_ssl.benchmarking import environment, markdown_table, peak_rss_in_fresh_process, time_interleaved, write_json
-from detr_ssl.models.config import MODEL_PRESETS
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_compile import build_detector, make_batch, make_train_step, positive_int  # noqa: E402
-
-VARIANTS = {"plain": False, "checkpointed": True}
+NAME = "memory"
+MODEL_SIZES = ("tiny", "r50")
 
 
-def step_setup(model_size: str, batch_size: int, image_size: int, checkpointing: bool,
-               seed: int) -> Callable[[], float]:
-    """One training step (forward + loss + backward) of a freshly built model, warmed up once; its gradients
-    are freed again, so that a measured step allocates them."""
-    model, criterion = build_detector(model_size, seed, encoder_checkpointing=checkpointing)
-    step = make_train_step(model, criterion, make_batch(batch_size, image_size, seed), optimizer=None)
-    step()
-    model.zero_grad(set_to_none=True)
-    return step
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = bench_parser(NAME, __doc__, repeats=3, memory=True)
+    parser.add_argument("--model-size", nargs="+", choices=MODEL_SIZES, default=["tiny"],
+                        help="model presets to run (default: tiny)")
+    parser.add_argument("--batch-size", nargs="+", type=positive_int, default=[1, 2, 4],
+                        help="batch sizes (default: 1 2 4)")
+    parser.add_argument("--image-size", type=positive_int, default=320, help="image side in pixels (default 320)")
+    return parser.parse_args(argv)
 
 
-def bench(model_size: str, batch_size: int, args: argparse.Namespace) -> dict[str, object]:
-    """Peak memory and step time of the plain and the checkpointed model for one (size, batch)."""
-    steps = {name: step_setup(model_size, batch_size, args.image_size, flag, args.seed)
-             for name, flag in VARIANTS.items()}
-    times, load = time_interleaved(steps, warmup=0, repeats=args.repeats)  # step_setup warmed them up
-    result: dict[str, object] = {"model_size": model_size, "batch_size": batch_size, "image_size": args.image_size,
-                                 "background_load": load}
-    for name, flag in VARIANTS.items():
-        result[f"{name}_ms"] = statistics.median(times[name])
-        result[f"{name}_times_ms"] = times[name]
-        result[f"{name}_peak_mib"] = None if args.no_memory else peak_rss_in_fresh_process(
-            step_setup, model_size, batch_size, args.image_size, flag, args.seed, threads=torch.get_num_threads())
-    result["time_ratio"] = result["checkpointed_ms"] / result["plain_ms"]
-    plain, checkpointed = result["plain_peak_mib"], result["checkpointed_peak_mib"]
-    result["memory_ratio"] = checkpointed / plain if plain and checkpointed is not None else None
-    print(f"  done {model_size} batch {batch_size}", file=sys.stderr, flush=True)
-    return result
-
-
-def format_table(results: list[dict[str, object]]) -> str:
+def readme_table(payload: dict[str, Any]) -> str:
+    """Per model and batch: both peaks and their ratio, both step times and their ratio, bg load."""
     def number(value: object, spec: str) -> str:
         return "n/a" if value is None else format(value, spec)
 
@@ -88,36 +61,29 @@ def format_table(results: list[dict[str, object]]) -> str:
     rows = [[r["model_size"], r["batch_size"], r["image_size"], number(r["plain_peak_mib"], ".0f"),
              number(r["checkpointed_peak_mib"], ".0f"), number(r["memory_ratio"], ".2f"),
              f"{r['plain_ms']:.0f}", f"{r['checkpointed_ms']:.0f}", f"{r['time_ratio']:.2f}",
-             number(r["background_load"], ".0%")] for r in results]
+             percent(payload["background_load"][f"{r['model_size']} batch {r['batch_size']}"])]
+            for r in payload["results"]]
     return markdown_table(headers, rows)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="What is measured, and how, is described in the module docstring.")
-    parser.add_argument("--model-size", nargs="+", choices=sorted(MODEL_PRESETS), default=["tiny"],
-                        help="model presets to run (default: tiny)")
-    parser.add_argument("--batch-size", nargs="+", type=positive_int, default=[1, 2, 4],
-                        help="batch sizes (default: 1 2 4)")
-    parser.add_argument("--image-size", type=positive_int, default=320, help="image side in pixels (default 320)")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed steps per variant (default 3)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch.set_num_threads here and in the memory processes (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch (default 0)")
-    parser.add_argument("--output", type=Path, default=Path("bench_results/memory.json"),
-                        help="JSON file to write (default bench_results/memory.json)")
-    return parser.parse_args(argv)
+def readme_summary(payload: dict[str, Any]) -> tuple[str, str, str]:
+    parts = []
+    for size in dict.fromkeys(r["model_size"] for r in payload["results"]):
+        rows = [r for r in payload["results"] if r["model_size"] == size]
+        memory = [r["memory_ratio"] for r in rows if r["memory_ratio"] is not None]
+        times = [r["time_ratio"] for r in rows]
+        spread = f"{min(memory):.2f}-{max(memory):.2f}x peak memory for " if memory else ""
+        parts.append(f"{size}: {spread}{min(times):.2f}-{max(times):.2f}x time")
+    return "no activation checkpointing", "report", "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    results = [bench(size, batch, args) for size in args.model_size for batch in args.batch_size]
-    print(format_table(results))
-    settings = {"image_size": args.image_size, "repeats": args.repeats, "seed": args.seed}
-    write_json(args.output, {"environment": environment(), "settings": settings, "results": results})
+    run = BenchRun(NAME, args, argv)
+    from detr_ssl.cli.bench_memory import bench
+
+    results = [bench(size, batch, args, run) for size in args.model_size for batch in args.batch_size]
+    print(readme_table(run.write(results)))
     return 0
 
 

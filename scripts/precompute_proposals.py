@@ -8,8 +8,7 @@ Resumable: rerun the same command after an interruption; finished images are not
 
 import sys
 
-from detr_ssl.cli.common import run_main
-from detr_ssl.proposals.cli import main
+from detr_ssl.cli.precompute_proposals import cli
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(cli())

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -118,17 +118,17 @@ def demo_photos(isolated_cache: Path) -> Path:
 
 
 @pytest.fixture
-def demo_subset(demo_data: DemoPaths, tmp_path: Path) -> Callable[[int], Path]:
-    """Factory: ``demo_subset(n)`` writes the first ``n`` demo training images as their own COCO JSON
-    (images stay in ``demo_data.image_dir``)."""
+def demo_subset(demo_data: DemoPaths, tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``demo_subset(n)`` writes the first ``n`` demo training images as their own COCO JSON,
+    ``demo_subset(n, "val")`` the first ``n`` validation images (images stay in ``demo_data.image_dir``)."""
 
-    def make(num_images: int) -> Path:
-        document = json.loads(demo_data.train_json.read_text())
+    def make(num_images: int, split: Literal["train", "val"] = "train") -> Path:
+        document = json.loads((demo_data.train_json if split == "train" else demo_data.val_json).read_text())
         images = document["images"][:num_images]
         kept = {image["id"] for image in images}
         document["images"] = images
         document["annotations"] = [a for a in document["annotations"] if a["image_id"] in kept]
-        path = tmp_path / f"demo_{num_images}.json"
+        path = tmp_path / f"demo_{split}_{num_images}.json"
         path.write_text(json.dumps(document))
         return path
 

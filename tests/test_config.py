@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from detr_ssl.cli.pretrain import parse_pretrain_args
 from detr_ssl.config import parse_finetune_args, to_plain
 from detr_ssl.models.config import MODEL_PRESETS, model_preset
 
@@ -60,3 +61,10 @@ def test_model_flag_selects_pair_detr_and_its_options() -> None:
     cfg = parse_finetune_args(["--model", "pairdetr", "--pair.temperature", "0.2", "--model.hidden-dim", "32"])
     assert cfg.architecture == "pairdetr" and cfg.pair.temperature == 0.2 and cfg.model.hidden_dim == 32
     assert parse_finetune_args([]).architecture == "deformable_detr"
+
+
+def test_detreg_crops_the_teacher_inputs_at_32_px_on_the_demo_only() -> None:
+    assert parse_pretrain_args(["--task", "detreg"]).detreg.crop_size == 32
+    paper = parse_pretrain_args(["--task", "detreg", "--preset", "paper"])
+    assert paper.detreg.crop_size == 128  # the released value
+    assert parse_pretrain_args(["--task", "detreg", "--crop-size", "64"]).detreg.crop_size == 64

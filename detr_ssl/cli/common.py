@@ -1,14 +1,21 @@
-"""What every command-line entry point shares: one-line errors and the Accelerator set-up."""
+"""What every command-line entry point shares: one-line errors and the Accelerator set-up.
+
+The command-line modules import torch (and what imports it: accelerate, the models, the datasets) inside
+the functions that run the job, never at module level, so that ``--help`` answers without importing it
+(``tests/scripts/test_startup.py``).
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from typing import TYPE_CHECKING
 
 from detr_ssl.config import RunConfig
 from detr_ssl.errors import DetrSslError, original_message
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
@@ -33,6 +40,8 @@ def one_line(exc: BaseException) -> str:
 def make_accelerator(run: RunConfig, grad_accum_steps: int = 1, find_unused_parameters: bool = False) -> Accelerator:
     """The run's Accelerator. Data order comes from a sampler seeded with (seed, epoch), so it is the
     same on every process, after every resume, and for any number of workers."""
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+
     return Accelerator(
         cpu=run.cpu,
         mixed_precision=run.mixed_precision,

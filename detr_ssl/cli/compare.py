@@ -12,6 +12,8 @@ stages are.
 A pretraining stage also measures what it made: the k-NN probe of its backbone (every method) and the
 class-agnostic recall of its own boxes (detector pretexts), and its wall time and peak memory.
 ``results.json``, ``results.md``, ``ap_vs_fraction.png`` come from :mod:`detr_ssl.cli.compare_report`.
+
+Torch is imported only where a stage runs (start-up: see ``detr_ssl/cli/common.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import torch
 import tyro
 
 from detr_ssl.atomic_io import atomic_write_json
@@ -35,7 +36,8 @@ from detr_ssl.cli.common import run_main
 from detr_ssl.cli.finetune_runs import Init, RunProgressLog, TrainingOptions, finished, parse_with_demo
 from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
 from detr_ssl.cli.semisup import SemiSupBenchmark, SemiSupConfig
-from detr_ssl.datasets import ImageFolderDataset, demo_detection_dataset
+from detr_ssl.config import PRETRAINED_FILE
+from detr_ssl.datasets import demo_detection_dataset
 from detr_ssl.errors import ConfigError
 from detr_ssl.protocols import write_fraction
 from detr_ssl.protocols.comparison import (
@@ -49,7 +51,6 @@ from detr_ssl.protocols.comparison import (
 )
 from detr_ssl.protocols.schedule import labelled_images
 from detr_ssl.tasks import all_tasks
-from detr_ssl.tasks.base import PRETRAINED_FILE
 
 STAGE_FILE = "stage.json"
 """Written last by a finished pretraining stage: its cost and measures."""
@@ -97,7 +98,8 @@ class CompareConfig:
 
 
 def demo_compare() -> CompareConfig:
-    """About 9 minutes on 2 CPU cores: SwAV (backbone baseline and chain), DetReg on it, PixPro; 3 seeds."""
+    """Minutes on a CPU (the README has the measured time): SwAV (backbone baseline and chain), DetReg on it,
+    PixPro; 3 seeds."""
     return CompareConfig(
         tasks=("swav", "detreg", "pixpro"), demo=True, fractions=(0.25, 0.5), seeds=(42, 43, 44),
         pretrain_preset="demo", schedule=("0.5=12",), output_dir=Path("outputs/demo-compare"),
@@ -153,6 +155,8 @@ class Comparison:
         return argv + chain_argv(stage.task, builds_on) + self.task_flags.get(stage.task, [])
 
     def pretrain_steps(self, stage: PretrainStage) -> int:
+        from detr_ssl.datasets import ImageFolderDataset
+
         config = parse_pretrain_args(self.pretrain_argv(stage))
         images = len(ImageFolderDataset(config.data.data, image_dir=config.data.image_dir))
         return config.optim.epochs * math.ceil(images / config.optim.batch_size)
@@ -181,6 +185,8 @@ class Comparison:
             self._run_finetune(stage)
 
     def _run_pretrain(self, stage: PretrainStage) -> None:
+        import torch
+
         from detr_ssl.cli.compare_report import pretrain_measures  # evaluation code, only where it runs
 
         started = time.monotonic()

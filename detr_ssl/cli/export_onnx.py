@@ -1,4 +1,8 @@
-"""``scripts/export_onnx.py``: a detr-ssl detector checkpoint as an ONNX graph (dynamic batch and image size)."""
+"""``scripts/export_onnx.py``: a detr-ssl detector checkpoint as an ONNX graph (dynamic batch and image size).
+
+The detector and the exporter are imported inside :func:`main`, after parsing (start-up: see
+``detr_ssl/cli/common.py``).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,6 @@ from typing import Annotated
 import tyro
 
 from detr_ssl.cli.common import run_main
-from detr_ssl.detector import load_detector
-from detr_ssl.export.onnx_export import export_model, max_onnx_difference, min_image_size
 
 CHECK_TOLERANCE = 1e-3
 """--check fails (exit status 1) when an output differs from PyTorch's by more than this."""
@@ -38,6 +40,9 @@ class ExportOnnxConfig:
 
 def main(argv: list[str]) -> int:
     cfg = tyro.cli(ExportOnnxConfig, args=argv)
+    from detr_ssl.detector import load_detector
+    from detr_ssl.export.onnx_export import export_model, max_onnx_difference, min_image_size
+
     output = cfg.output or cfg.checkpoint.with_suffix(".onnx")
     loaded = load_detector(cfg.checkpoint, "cpu")
     start = time.perf_counter()

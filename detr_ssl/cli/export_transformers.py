@@ -1,4 +1,7 @@
-"""``scripts/export_hf.py``: a detr-ssl detector checkpoint as a HuggingFace transformers model directory."""
+"""``scripts/export_hf.py``: a detr-ssl detector checkpoint as a HuggingFace transformers model directory.
+
+The exporter is imported inside :func:`main`, after parsing (start-up: see ``detr_ssl/cli/common.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from typing import Annotated
 import tyro
 
 from detr_ssl.cli.common import run_main
-from detr_ssl.export.transformers_export import EXPORTED_FILES, export_transformers
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class ExportTransformersConfig:
 
 def main(argv: list[str]) -> int:
     cfg = tyro.cli(ExportTransformersConfig, args=argv)
+    from detr_ssl.export.transformers_export import EXPORTED_FILES, export_transformers
+
     out_dir = export_transformers(cfg.checkpoint, cfg.out_dir)
     print(f"{cfg.checkpoint} exported to {out_dir}: {', '.join(EXPORTED_FILES)}")
     print("load it with:\n"

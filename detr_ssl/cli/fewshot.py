@@ -11,6 +11,8 @@
 
 ``results.json`` holds every run and, per K, the mean and standard deviation over seeds; ``results.md``
 is the table. Finished runs are skipped on a rerun and unfinished ones resume from their checkpoint.
+
+The training machinery is imported only when a run starts (start-up: see ``detr_ssl/cli/common.py``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from detr_ssl.cli.finetune import finetune
 from detr_ssl.config import FinetuneConfig, to_plain
 from detr_ssl.datasets import demo_detection_dataset
 from detr_ssl.datasets.coco_json import read_json
-from detr_ssl.engine.checkpoint import LATEST
 from detr_ssl.errors import ConfigError, DataError
 from detr_ssl.protocols import base_training_set, kshot_document, sample_k_shot, split_categories, write_selection_json
 from detr_ssl.protocols.report import aggregate, field_column, markdown_table, metric_column, write_report
@@ -163,6 +164,8 @@ class FewShotBenchmark:
 
     def fewshot_run(self, k: int, seed: int) -> dict[str, Any]:
         """Stage 2 for one (K, seed); returns its run record."""
+        from detr_ssl.engine.checkpoint import LATEST
+
         name = f"{k}shot_seed{seed}"
         run_dir = self.out / name
         label = f"stage 2: K={k}, seed {seed}"

@@ -1,29 +1,28 @@
-"""``scripts/finetune.py``: supervised Deformable DETR training on COCO-format data, then COCO evaluation."""
+"""``scripts/finetune.py``: supervised Deformable DETR training on COCO-format data, then COCO evaluation.
+
+The training machinery is imported inside the functions that use it (start-up: see ``detr_ssl/cli/common.py``).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
-
-from accelerate.utils import set_seed
+from typing import TYPE_CHECKING, Any
 
 from detr_ssl.cli.common import make_accelerator, run_main
 from detr_ssl.config import DataConfig, FinetuneConfig, parse_finetune_args, to_plain, with_backbone_init
-from detr_ssl.datasets import CocoDetection, demo_detection_dataset, make_eval_transforms, make_train_transforms
-from detr_ssl.engine.checkpoint import checkpoint_backbone_norm, load_pretrained, loaded_parts
-from detr_ssl.engine.evaluate import make_coco_evaluate
-from detr_ssl.engine.trainer import Trainer
 from detr_ssl.errors import ConfigError, DataError
-from detr_ssl.evaluation import write_metrics_json
-from detr_ssl.models.checkpoint_io import load_untrusted
 from detr_ssl.models.config import ModelConfig
-from detr_ssl.tasks.supervised import build_supervised
+
+if TYPE_CHECKING:
+    from detr_ssl.datasets import CocoDetection
 
 
 def resolve_data(data: DataConfig) -> DataConfig:
     """Fills in the embedded demo set when no training JSON is given; checks the flags belong together."""
+    from detr_ssl.datasets import demo_detection_dataset
+
     if data.train_json is None:
         if data.val_json is not None or data.images is not None:
             raise ConfigError("--val-json/--images given without --train-json")
@@ -35,6 +34,8 @@ def resolve_data(data: DataConfig) -> DataConfig:
 
 
 def load_datasets(data: DataConfig) -> tuple[CocoDetection, CocoDetection]:
+    from detr_ssl.datasets import CocoDetection, make_eval_transforms, make_train_transforms
+
     train = CocoDetection(data.train_json, data.images,
                           make_train_transforms(data.train_scales, data.max_size, data.crop),
                           on_invalid_box=data.on_invalid_box)
@@ -50,6 +51,8 @@ def initial_model_config(cfg: FinetuneConfig, pretrained: Any = None) -> ModelCo
     """The model config with the initialisation's consequences: backbone weights from --backbone-init,
     and the backbone normalisation the loaded --pretrained checkpoint was trained with (loading frozen-BN
     statistics into GroupNorm layers, or the reverse, would silently compute something else)."""
+    from detr_ssl.engine.checkpoint import checkpoint_backbone_norm
+
     model = with_backbone_init(cfg.model, cfg.backbone_init)
     if pretrained is not None:
         norm = checkpoint_backbone_norm(pretrained)
@@ -62,6 +65,15 @@ def initial_model_config(cfg: FinetuneConfig, pretrained: Any = None) -> ModelCo
 def finetune(cfg: FinetuneConfig, category_groups: Mapping[str, Sequence[int]] | None = None) -> dict[str, float]:
     """Trains and evaluates; returns the final COCO metrics (on the main process). ``category_groups``
     (e.g. few-shot novel and base category ids) adds each group's metrics as ``"{group}/{metric}"``."""
+    from accelerate.utils import set_seed
+
+    from detr_ssl.engine.checkpoint import load_pretrained, loaded_parts
+    from detr_ssl.engine.evaluate import make_coco_evaluate
+    from detr_ssl.engine.trainer import Trainer
+    from detr_ssl.evaluation import write_metrics_json
+    from detr_ssl.models.checkpoint_io import load_untrusted
+    from detr_ssl.tasks.supervised import build_supervised
+
     accelerator = make_accelerator(cfg.run, cfg.optim.grad_accum_steps,
                                    find_unused_parameters=not cfg.loss.aux_loss)
     set_seed(cfg.run.seed)

@@ -3,6 +3,9 @@
 With ``--annotations`` (a COCO JSON of the same images) the detections carry its image ids and are scored
 with pycocotools, the same evaluation a fine-tuning run ends with. With ``--query-patch`` a model pretrained
 with ``--task updetr`` looks for the regions that resemble the patch instead (UP-DETR's one-shot use).
+
+The detector and evaluation code is imported inside the functions that use it (start-up: see
+``detr_ssl/cli/common.py``).
 """
 
 from __future__ import annotations
@@ -12,22 +15,18 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 import tyro
-from pycocotools.coco import COCO
-from tqdm.auto import tqdm
 
 from detr_ssl.atomic_io import atomic_write_json
 from detr_ssl.cli.common import run_main
-from detr_ssl.datasets import ImageFolderDataset
-from detr_ssl.datasets.image_io import read_rgb_image
 from detr_ssl.errors import ConfigError, DataError
-from detr_ssl.evaluation import CocoEvaluator, write_metrics_json
-from detr_ssl.evaluation.coco_eval import load_coco
-from detr_ssl.predictor import Detections, Detector
-from detr_ssl.visualize import draw_boxes
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
+
+    from detr_ssl.predictor import Detections, Detector
 
 DETECTIONS_FILE = "detections.json"
 PICTURES_DIR = "images"
@@ -64,6 +63,8 @@ class PredictConfig:
 
 def resolve_images(spec: str) -> list[Path]:
     """The image files ``spec`` names: a file, a folder (recursively, sorted) or a glob pattern (sorted)."""
+    from detr_ssl.datasets import ImageFolderDataset
+
     path = Path(spec)
     if path.is_dir():
         return ImageFolderDataset(path).image_paths
@@ -91,6 +92,8 @@ def annotated_images(paths: list[Path], annotations: Path, coco: COCO) -> tuple[
 
 
 def _device(choice: str) -> str:
+    import torch
+
     if choice == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
     return ("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice
@@ -103,6 +106,9 @@ def _picture_path(output_dir: Path, image: Path, root: Path | None) -> Path:
 
 
 def _draw(image: Path, found: Detections, threshold: float, target: Path) -> None:
+    from detr_ssl.datasets.image_io import read_rgb_image
+    from detr_ssl.visualize import draw_boxes
+
     shown = found.above(threshold)
     labels = [f"{name} {score:.2f}" for name, score in zip(shown.names, shown.scores.tolist())]
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +118,8 @@ def _draw(image: Path, found: Detections, threshold: float, target: Path) -> Non
 def _score(coco: COCO, detector: Detector, ids: list[int], found: list[Detections]) -> dict[str, float]:
     """COCO box metrics of ``found`` against the ``--annotations`` ``coco`` (class-agnostic: recall
     AR@10/30/100)."""
+    from detr_ssl.evaluation import CocoEvaluator
+
     agnostic = detector.class_agnostic  # label 0 stands for any ground-truth category
     evaluator = CocoEvaluator(coco, coco.getCatIds()[:1] if agnostic else detector.category_ids)
     for image_id, detections in zip(ids, found):
@@ -123,6 +131,13 @@ def _score(coco: COCO, detector: Detector, ids: list[int], found: list[Detection
 def predict(cfg: PredictConfig) -> list[dict]:
     """Writes ``detections.json`` (and the pictures, and ``metrics.json`` with --annotations); returns the
     COCO-results entries."""
+    from tqdm.auto import tqdm
+
+    from detr_ssl.datasets.image_io import read_rgb_image
+    from detr_ssl.evaluation import write_metrics_json
+    from detr_ssl.evaluation.coco_eval import load_coco
+    from detr_ssl.predictor import Detector
+
     if cfg.top_k < 1 or cfg.batch_size is not None and cfg.batch_size < 1:
         raise ConfigError("--top-k and --batch-size must be positive")
     paths = resolve_images(cfg.images)

@@ -1,32 +1,44 @@
-"""``scripts/pretrain.py``: pretrain the whole Deformable DETR with a pretext task on unlabeled images."""
+"""``scripts/pretrain.py``: pretrain the whole Deformable DETR with a pretext task on unlabeled images.
+
+The parser needs only the torch-free task options (``detr_ssl/tasks/options``); the training machinery is
+imported inside :func:`pretrain` (start-up: see ``detr_ssl/cli/common.py``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
-from accelerate.utils import set_seed
-
 from detr_ssl.cli.common import make_accelerator, run_main
-from detr_ssl.config import PRETRAIN_PRESETS, PretrainConfig, flag_value, parse_with_presets, to_plain, with_backbone_init
-from detr_ssl.datasets import ImageFolderDataset, demo_unlabeled_images, make_train_transforms
-from detr_ssl.engine.trainer import Trainer
-from detr_ssl.tasks import get_task
-from detr_ssl.tasks.base import PRETRAINED_FILE
+from detr_ssl.config import (
+    PRETRAIN_PRESETS,
+    PRETRAINED_FILE,
+    PretrainConfig,
+    flag_value,
+    parse_with_presets,
+    to_plain,
+    with_backbone_init,
+)
+from detr_ssl.tasks import get_task, task_options
 
 
 def parse_pretrain_args(argv: list[str]) -> PretrainConfig:
     """The pretraining config of the task named by ``--task`` (default: DetReg): the shared options plus
     that task's own groups, so ``--task X --help`` shows X's options. The task adjusts the preset's
     defaults first (:meth:`~detr_ssl.tasks.base.PretextTask.defaults`); the flags given still win."""
-    task = get_task(flag_value(argv, "--task") or PretrainConfig.task)
-    presets = {name: lambda preset=preset: task.with_options(preset()) for name, preset in PRETRAIN_PRESETS.items()}
-    return parse_with_presets(task.config_class(), presets, "--data", argv, task.defaults)
+    options = task_options(flag_value(argv, "--task") or PretrainConfig.task)
+    presets = {name: lambda preset=preset: options.with_options(preset()) for name, preset in PRETRAIN_PRESETS.items()}
+    return parse_with_presets(options.config_class(), presets, "--data", argv, options.defaults)
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Runs the pretext task; returns the exported weights (``OUTPUT/pretrained.pth``), which
     ``scripts/finetune.py --pretrained`` loads (pretext-only heads are not in it)."""
+    from accelerate.utils import set_seed
+
+    from detr_ssl.datasets import ImageFolderDataset, demo_unlabeled_images, make_train_transforms
+    from detr_ssl.engine.trainer import Trainer
+
     task_cls = get_task(cfg.task)
     cfg = task_cls.configure(replace(cfg, model=with_backbone_init(cfg.model, cfg.backbone_init)))
     accelerator = make_accelerator(cfg.run, cfg.optim.grad_accum_steps,

@@ -44,7 +44,7 @@ from detr_ssl.cli.finetune_runs import (
 from detr_ssl.cli.common import run_main
 from detr_ssl.cli.finetune import finetune
 from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
-from detr_ssl.config import to_plain
+from detr_ssl.config import PRETRAINED_FILE, to_plain
 from detr_ssl.datasets import demo_detection_dataset
 from detr_ssl.datasets.coco_json import read_json
 from detr_ssl.errors import ConfigError
@@ -52,8 +52,7 @@ from detr_ssl.plotting import new_figure, save_figure
 from detr_ssl.protocols import format_percent, write_fraction
 from detr_ssl.protocols.report import aggregate, field_column, markdown_table, metric_column, write_report
 from detr_ssl.protocols.schedule import PUBLISHED_EPOCHS, fraction_epochs, labelled_images, lr_drop_epoch
-from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE
-from detr_ssl.tasks.base import PRETRAINED_FILE
+from detr_ssl.tasks.options.backbone import SWAV_LAYOUT_FILE
 
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "ap_vs_fraction.png"

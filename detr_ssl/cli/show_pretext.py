@@ -4,6 +4,9 @@ One row per image. DetReg and Pair DETR (trained on selective-search proposals):
 pretraining used as targets, then the model's highest-scoring class-agnostic boxes. UP-DETR: random
 patches cut from the image (each in its own colour), then where the model finds each patch, with the IoU;
 the share of patches found with IoU >= 0.5 is printed.
+
+The model and drawing code is imported inside the functions that use it (start-up: see
+``detr_ssl/cli/common.py``).
 """
 
 from __future__ import annotations
@@ -11,19 +14,16 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import tyro
-from PIL import Image
 
 from detr_ssl.cli.common import run_main
 from detr_ssl.cli.predict import resolve_images
-from detr_ssl.datasets.image_io import read_rgb_image
 from detr_ssl.errors import CheckpointError, ConfigError
-from detr_ssl.models.checkpoint_io import load_untrusted
-from detr_ssl.predictor import Detector
-from detr_ssl.proposals.selective_search import ProposalSettings, selective_search_boxes
-from detr_ssl.visualize import draw_boxes, side_by_side, stacked, titled
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 HIT_IOU = 0.5
 PROPOSAL_TASKS = ("detreg", "pairdetr")
@@ -49,6 +49,13 @@ class ShowPretextConfig:
 
 
 def _proposal_rows(cfg: ShowPretextConfig, images: list[Path], checkpoint: dict) -> list[Image.Image]:
+    import numpy as np
+
+    from detr_ssl.datasets.image_io import read_rgb_image
+    from detr_ssl.predictor import Detector
+    from detr_ssl.proposals.selective_search import ProposalSettings, selective_search_boxes
+    from detr_ssl.visualize import draw_boxes, side_by_side, titled
+
     detector = Detector.from_checkpoint(cfg.checkpoint, class_agnostic=True, checkpoint=checkpoint)
     rows = []
     for path, found in zip(images, detector.predict(images, top_k=cfg.boxes)):
@@ -63,7 +70,9 @@ def _proposal_rows(cfg: ShowPretextConfig, images: list[Path], checkpoint: dict)
 
 
 def _patch_rows(cfg: ShowPretextConfig, images: list[Path], checkpoint: dict) -> list[Image.Image]:
+    from detr_ssl.datasets.image_io import read_rgb_image
     from detr_ssl.query_patch import QueryPatchDetector, patch_search_hits
+    from detr_ssl.visualize import draw_boxes, side_by_side, titled
 
     finder = QueryPatchDetector.from_checkpoint(cfg.checkpoint, checkpoint=checkpoint)
     rows, hits, total = [], 0, 0
@@ -85,6 +94,9 @@ def _patch_rows(cfg: ShowPretextConfig, images: list[Path], checkpoint: dict) ->
 def show_pretext(cfg: ShowPretextConfig) -> Path:
     if cfg.count < 1 or cfg.boxes < 1 or cfg.patches < 1:
         raise ConfigError("--count, --boxes and --patches must be positive")
+    from detr_ssl.models.checkpoint_io import load_untrusted
+    from detr_ssl.visualize import stacked
+
     checkpoint = load_untrusted(cfg.checkpoint)
     task = checkpoint.get("task") if isinstance(checkpoint, dict) else None
     images = resolve_images(cfg.images)[: cfg.count]

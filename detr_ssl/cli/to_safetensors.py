@@ -4,6 +4,8 @@ A pretext's ``pretrained.pth`` converts whole; a training ``checkpoint.pth`` los
 needs (optimizer, schedule, random state), keeping the weights, the run's config and its categories. Every
 command that reads a ``.pth`` weights file (``finetune.py --pretrained``, ``predict.py``, the exports)
 reads the ``.safetensors`` file the same way.
+
+The checkpoint code is imported inside :func:`to_safetensors` (start-up: see ``detr_ssl/cli/common.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from pathlib import Path
 import tyro
 
 from detr_ssl.cli.common import run_main
-from detr_ssl.engine.checkpoint import TRAINING_STATE_KEYS
 from detr_ssl.errors import CheckpointError, ConfigError
-from detr_ssl.models.checkpoint_io import SAFETENSORS_SUFFIX, load_untrusted, save_safetensors
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class ToSafetensorsConfig:
 
 
 def to_safetensors(cfg: ToSafetensorsConfig) -> Path:
+    from detr_ssl.engine.checkpoint import TRAINING_STATE_KEYS
+    from detr_ssl.models.checkpoint_io import SAFETENSORS_SUFFIX, load_untrusted, save_safetensors
+
     output = cfg.output or cfg.checkpoint.with_suffix(SAFETENSORS_SUFFIX)
     if output.suffix != SAFETENSORS_SUFFIX:
         raise ConfigError(f"{output}: name the output *{SAFETENSORS_SUFFIX}")

@@ -1,4 +1,7 @@
-"""``scripts/validate_dataset.py``: check a COCO JSON + image folder before spending hours training on it."""
+"""``scripts/validate_dataset.py``: check a COCO JSON + image folder before spending hours training on it.
+
+The dataset code is imported inside :func:`validate` (start-up: see ``detr_ssl/cli/common.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from pathlib import Path
 import tyro
 
 from detr_ssl.cli.common import run_main
-from detr_ssl.datasets import CocoDetection
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class ValidateConfig:
 
 
 def validate(cfg: ValidateConfig) -> int:
+    from detr_ssl.datasets import CocoDetection
+
     dataset = CocoDetection(cfg.annotations, cfg.images)  # a structural problem raises a one-line DataError
     coco = dataset.coco
     with_boxes = {ann["image_id"] for ann in coco.anns.values() if not ann.get("iscrowd", 0)}

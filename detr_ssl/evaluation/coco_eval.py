@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from detr_ssl.atomic_io import atomic_write_json
 from detr_ssl.box_ops import xyxy_to_xywh
+from detr_ssl.config import EvalBackend
 from detr_ssl.errors import ConfigError, DataError
 
 __all__ = ["AGNOSTIC_MAX_DETS", "METRIC_NAMES", "CocoEvaluator", "EvalBackend", "cocoeval_class", "load_coco",
@@ -31,8 +32,6 @@ __all__ = ["AGNOSTIC_MAX_DETS", "METRIC_NAMES", "CocoEvaluator", "EvalBackend", 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 #: Detections per image at which :meth:`CocoEvaluator.class_agnostic_recall` reports recall (as DetReg does).
 AGNOSTIC_MAX_DETS = (10, 30, 100)
-
-EvalBackend = Literal["pycocotools", "faster-coco-eval"]
 
 
 def cocoeval_class(backend: EvalBackend) -> type:

@@ -10,19 +10,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from detr_ssl.blocks.pooling import masked_average_pool
 from detr_ssl.losses.contrastive import info_nce
+from detr_ssl.tasks.options.densesiam import RegionPooling
 
 __all__ = ["RegionPooling", "region_embeddings", "region_info_nce", "soft_cross_entropy"]
-
-RegionPooling = Literal["sum", "mean"]
-
 
 def soft_cross_entropy(prediction: Tensor, target: Tensor, dim: int = 1) -> Tensor:
     """Mean over positions of ``-sum softmax(target) * log_softmax(prediction)`` along ``dim`` (the

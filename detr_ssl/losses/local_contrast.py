@@ -21,12 +21,9 @@ from torch import Tensor
 
 from detr_ssl.blocks.geometry import cell_centres, image_to_view
 from detr_ssl.datasets.multicrop import ViewGeometry
+from detr_ssl.tasks.options.lcloss import LC_TEMPERATURE
 
 __all__ = ["LC_TEMPERATURE", "as_dense_map", "corresponding_points", "lc_loss", "local_info_nce", "sample_points"]
-
-LC_TEMPERATURE = 0.2
-"""Softmax temperature of the LC-loss: an assumption (MoCo v2's and DenseCL's value); the paper's could not
-be checked and no code was released."""
 
 
 def as_dense_map(dense: Tensor) -> Tensor:

@@ -1,10 +1,9 @@
-"""The proposal options of the tasks trained on selective-search pseudo-boxes (DetReg, Pair DETR), and the
-dataset they build."""
+"""The dataset of the tasks trained on selective-search pseudo-boxes (DetReg, Pair DETR), built from their
+proposal options (`ProposalConfig`, defined torch-free in ``detr_ssl/tasks/options/proposals.py``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from detr_ssl.datasets import ImageFolderDataset
@@ -13,22 +12,7 @@ from detr_ssl.proposals.cache import ProposalCache
 from detr_ssl.proposals.dataset import ProposalDataset
 from detr_ssl.proposals.provider import ProposalProvider
 from detr_ssl.proposals.selective_search import ProposalSettings
-
-
-@dataclass(frozen=True)
-class ProposalConfig:
-    """Selective-search pseudo-boxes: how many, from which cache."""
-
-    proposal_cache: Path | None = None
-    """Proposal cache folder (scripts/precompute_proposals.py); default: OUTPUT/proposals."""
-    require_cache: bool = False
-    """Fail instead of computing proposals missing from the cache."""
-    proposal_resize: int = 128
-    proposal_top_k: int = 30
-    proposal_draws: int = 1
-    """Different seeded top-k draws of selective search per image, each cached; every load picks one at
-    random. The released code reruns selective search at each load (a new draw every epoch); 1 keeps one
-    fixed draw per image."""
+from detr_ssl.tasks.options.proposals import ProposalConfig
 
 
 def proposal_dataset(options: ProposalConfig, output_dir: Path, images: ImageFolderDataset,

@@ -19,16 +19,14 @@ import ctypes
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
 
 from detr_ssl.errors import ConfigError
+from detr_ssl.tasks.options.proposals import ProposalMode
 
 __all__ = ["ProposalMode", "ProposalSettings", "selective_search_boxes"]
-
-ProposalMode = Literal["fast", "quality"]
 
 #: Bump when the pipeline around OpenCV changes (resize, filtering, seeding): it is part of every
 #: fingerprint, so caches written by an older pipeline become misses instead of silently mixing in.
@@ -44,7 +42,7 @@ class ProposalSettings:
     Args:
         resize: side of the square the image is resized to before the search (DetReg: 128).
         top_k: boxes kept per image, the first ones selective search returns (DetReg: 30).
-        mode: OpenCV's ``fast`` (DetReg) or ``quality`` strategy set (about 3x slower, more boxes).
+        mode: OpenCV's ``fast`` (DetReg) or ``quality`` strategy set (slower, more boxes).
         seed: seed of the C ``rand()`` that OpenCV ranks regions with (see the module docstring).
     """
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from detr_ssl.config import PRETRAINED_FILE
 from detr_ssl.errors import ConfigError
 from detr_ssl.protocols.label_fractions import format_percent
 from detr_ssl.tasks import all_tasks
-from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, BackbonePretextTask
-from detr_ssl.tasks.base import PRETRAINED_FILE
+from detr_ssl.tasks.options.backbone import SWAV_LAYOUT_FILE, BackboneOptions
 
 __all__ = ["RANDOM", "FinetuneStage", "Method", "Plan", "PretrainStage", "build_plan", "comparison_methods"]
 
@@ -133,7 +133,7 @@ def _check_tasks(tasks: Sequence[str], chain: str | None) -> None:
     unknown = sorted(set(tasks) - set(registered) | ({chain} - set(registered) if chain else set()))
     if unknown:
         raise ConfigError(f"unknown task(s) {', '.join(unknown)}; registered: {', '.join(sorted(registered))}")
-    backbone_pretexts = sorted(name for name, task in registered.items() if issubclass(task, BackbonePretextTask))
+    backbone_pretexts = sorted(name for name, task in registered.items() if issubclass(task, BackboneOptions))
     if chain is not None and chain not in backbone_pretexts:
         raise ConfigError(f"--chain-backbone {chain} is not a backbone pretext (one of {', '.join(backbone_pretexts)})")
     if len(set(tasks)) != len(tasks):
@@ -152,7 +152,7 @@ def build_plan(tasks: Sequence[str], chain: str | None, fractions: Sequence[floa
     for task in tasks:
         if task == chain:
             continue
-        detector_pretext = not issubclass(registered[task], BackbonePretextTask)
+        detector_pretext = not issubclass(registered[task], BackboneOptions)
         pretraining.append(PretrainStage(task, chain if detector_pretext else None))
     methods = comparison_methods(tasks, chain)
     finetuning = [FinetuneStage(method, fraction, seed) for fraction in fractions for seed in seeds

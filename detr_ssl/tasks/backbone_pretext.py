@@ -12,7 +12,6 @@ loader (``--teacher-checkpoint``) and every backbone-init option read unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -28,25 +27,7 @@ from detr_ssl.distributed import world_size
 from detr_ssl.engine.checkpoint import atomic_torch_save
 from detr_ssl.errors import ConfigError
 from detr_ssl.tasks.base import PRETRAINED_FILE, PretextTask
-
-SWAV_LAYOUT_FILE = "backbone_swav_layout.pth"
-
-
-@dataclass(frozen=True)
-class MultiCropConfig:
-    """Random-resized-crop views of one image (SwAV's multi-crop; the two-view pretexts take two global views
-    and no local ones)."""
-
-    global_size: int = 224
-    local_size: int = 96
-    num_global: int = 2
-    num_local: int = 6
-    global_scale: tuple[float, float] = (0.14, 1.0)
-    """Area range of a global crop, as a fraction of the image."""
-    local_scale: tuple[float, float] = (0.05, 0.14)
-    color_strength: float = 1.0
-    """Colour distortion strength s of every view: ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) with p=0.8
-    (released SwAV: 1.0; DenseCL, as MoCo v2: 0.5)."""
+from detr_ssl.tasks.options.backbone import SWAV_LAYOUT_FILE, BackboneOptions, MultiCropConfig
 
 
 def build_trunk(name: str) -> nn.Module:
@@ -65,21 +46,6 @@ def crop_specs(crops: MultiCropConfig) -> list[CropSpec]:
 
 #: BYOL's colour jitter (brightness, contrast, saturation, hue), applied with probability 0.8 to both views.
 BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
-
-
-def two_view_crops(size: int, scale: tuple[float, float], color_strength: float = 1.0) -> MultiCropConfig:
-    """Two global views of ``size`` px covering ``scale`` of the image, no local ones."""
-    return MultiCropConfig(global_size=size, num_local=0, global_scale=scale, color_strength=color_strength)
-
-
-def moco_v2_crops(size: int) -> MultiCropConfig:
-    """MoCo v2's views as released (DenseCL, RegionCL, SimSiam): area (0.2, 1), ColorJitter(0.4, 0.4, 0.4, 0.1)."""
-    return two_view_crops(size, (0.2, 1.0), color_strength=0.5)
-
-
-def byol_crops(size: int) -> MultiCropConfig:
-    """BYOL's views (PixPro, LC-loss): area (0.08, 1); their colours are :func:`byol_view_specs`'."""
-    return two_view_crops(size, (0.08, 1.0))
 
 
 def byol_view_specs(crops: MultiCropConfig) -> list[CropSpec]:
@@ -111,29 +77,10 @@ def run_batches(num_images: int, optim: OptimConfig, max_steps: int | None) -> R
     return RunBatches(per_epoch, total if max_steps is None else min(total, max_steps * optim.grad_accum_steps))
 
 
-def demo_backbone_defaults(config: PretrainConfig, crops: MultiCropConfig) -> PretrainConfig:
-    """The demo preset's schedule for a backbone pretext: batch statistics need bigger batches than the
-    detector's 4, and a tiny ResNet on a few dozen images needs many short epochs."""
-    if config.preset != "demo":
-        return config
-    optim = replace(config.optim, batch_size=16, epochs=100, lr_drop=80, lr=1e-3, weight_decay=1e-4)
-    return replace(config, optim=optim, crops=crops)
-
-
-def two_view_defaults(config: PretrainConfig, crops: Callable[[int], MultiCropConfig]) -> PretrainConfig:
-    """A two-view pretext's preset: ``crops(224)`` (paper), or ``crops(64)`` and the demo's schedule."""
-    if config.preset != "demo":
-        return replace(config, crops=crops(224))
-    return demo_backbone_defaults(config, crops(64))
-
-
-class BackbonePretextTask(PretextTask):
+class BackbonePretextTask(BackboneOptions, PretextTask):
     """Base of the backbone pretexts: ``build_model`` returns a module with a ``trunk`` attribute."""
 
-    option_groups = {"crops": MultiCropConfig}
     collate_fn = staticmethod(collate_views)
-    #: A backbone pretext starts from a random trunk: it builds on nothing.
-    backbone_flags: ClassVar[tuple[str, ...]] = ()
     #: Key prefix of the trunk in the official SwAV layout (DDP's wrapper).
     layout_prefix: ClassVar[str] = "module."
     #: Whether the task compares exactly two global views and no local ones (checked by :meth:`configure`).

@@ -28,7 +28,6 @@ Choices and known differences from the paper:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -44,30 +43,11 @@ from detr_ssl.datasets.multicrop import Views
 from detr_ssl.errors import ConfigError
 from detr_ssl.losses.contrastive import info_nce
 from detr_ssl.losses.densecl import dense_correspondence, dense_info_nce
-from detr_ssl.losses.local_contrast import LC_TEMPERATURE, as_dense_map, lc_loss
+from detr_ssl.losses.local_contrast import as_dense_map, lc_loss
 from detr_ssl.losses.output import LossOutput
 from detr_ssl.tasks import register_task
-from detr_ssl.tasks.backbone_pretext import BackbonePretextTask, build_trunk, moco_v2_crops, two_view_defaults
-
-
-@dataclass(frozen=True)
-class DenseClConfig:
-    """DenseCL: global + dense contrastive learning with a momentum encoder (Wang et al., 2021)."""
-
-    feature_dim: int = 128
-    hidden_dim: int = 2048
-    queue_length: int = 65536
-    momentum: float = 0.999
-    """Key encoder = momentum * key encoder + (1 - momentum) * query encoder, after every step."""
-    temperature: float = 0.2
-    dense_weight: float = 0.5
-    """Weight of the dense loss; the global loss gets 1 - dense_weight."""
-    lc_weight: float = 0.0
-    """Weight of an added LC-loss (Islam et al., 2023) between the query and key dense maps, matched through
-    the views' crop geometry; 0 = DenseCL as released."""
-    lc_temperature: float = LC_TEMPERATURE
-    """Softmax temperature of that LC-loss."""
-
+from detr_ssl.tasks.backbone_pretext import BackbonePretextTask, build_trunk
+from detr_ssl.tasks.options.densecl import DenseClConfig, DenseClOptions
 
 
 class Encoded(NamedTuple):
@@ -128,20 +108,8 @@ class DenseClModel(nn.Module):
 
 
 @register_task("densecl")
-class DenseClTask(BackbonePretextTask):
-    option_groups = {"densecl": DenseClConfig}
+class DenseClTask(DenseClOptions, BackbonePretextTask):
     two_views_only = True
-
-    @classmethod
-    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
-        """MoCo v2's views as released (two global crops, ColorJitter(0.4, 0.4, 0.4, 0.1): strength 0.5)."""
-        config = two_view_defaults(config, moco_v2_crops)
-        if config.preset != "demo":
-            return config
-        # A queue as long as the 32 demo photos holds the previous epoch, one key per photo. With 256 it
-        # holds 8 keys of every photo (false negatives), and the loss did not fall in the demo's 200 steps.
-        return replace(config, densecl=replace(config.densecl, feature_dim=64, hidden_dim=256, queue_length=32,
-                                               momentum=0.99))
 
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:

@@ -10,16 +10,14 @@ set loss. docs/PROTOCOLS.md lists where we differ and the options that choose.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Annotated, Literal
+from dataclasses import replace
+from typing import Literal
 
 import torch
-import tyro
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from detr_ssl.config import LossConfig, PretrainConfig
+from detr_ssl.config import PretrainConfig
 from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.collate import Batch
 from detr_ssl.datasets.crop_augment import CropAugmentation
@@ -31,44 +29,10 @@ from detr_ssl.models.deformable_detr import DeformableDETR, build_model
 from detr_ssl.models.heads import MLP
 from detr_ssl.models.outputs import DetectionOutput
 from detr_ssl.models.teachers import FrozenEncoder, build_teacher
-from detr_ssl.proposals.options import ProposalConfig, proposal_dataset
+from detr_ssl.proposals.options import proposal_dataset
 from detr_ssl.tasks import register_task
 from detr_ssl.tasks.base import PretextTask
-
-
-@dataclass(frozen=True)
-class DetRegConfig:
-    """DetReg: selective-search pseudo-boxes + embeddings aligned to a frozen teacher (Bar et al., 2022).
-
-    Defaults are what the released code (amirbar/DETReg, configs/DETReg_top30_*.sh) does; docs/PROTOCOLS.md
-    lists every deliberate difference."""
-
-    teacher_checkpoint: Path | None = None
-    """Teacher weights: the SwAV ResNet-50 (swav_800ep_pretrain.pth.tar, official layout), a timm/torchvision
-    ResNet state dict or a backbone pretext's export. Required by the paper preset; the demo falls back to
-    the detector's own frozen backbone."""
-    teacher_arch: str | None = None
-    """timm ResNet name of --teacher-checkpoint (default: read from the checkpoint's tensors)."""
-    teacher_stage: Literal["layer2", "layer4"] = "layer2"
-    """Teacher features, spatially averaged: layer2 (512-d for ResNet-50, the released default) or layer4
-    (2048-d, the paper's description)."""
-    teacher_augment: bool = True
-    """Augment each teacher crop as released: colour jitter (0.4, 0.4, 0.4, 0.1) p=0.8, greyscale p=0.2,
-    Gaussian blur sigma 0.1-2 p=0.5."""
-    embedding_layers: Literal["last", "all"] = "last"
-    """Decoder layers that carry the embedding loss: the last (released) or every layer."""
-    crop_size: int = 128
-    """Side of the teacher crops (cut from the image before augmentation, as released)."""
-    embedding_weight: float = 1.0
-    num_classes: int = 1
-    """Logits of the pseudo-box class head: 1, one class-agnostic logit (ours; the head is dropped at
-    fine-tuning either way), or 91, the released head with every pseudo-box labelled 1 (to continue from or
-    evaluate a released DETReg checkpoint with all its tensors)."""
-
-
-
-#: The released recipe's batch: 24 images on each of 8 GPUs.
-RELEASED_BATCH_PER_PROCESS = 24
+from detr_ssl.tasks.options.detreg import DetRegOptions
 
 
 class DetRegModel(nn.Module):
@@ -110,21 +74,7 @@ def detreg_loss(criterion: SetCriterion, output: DetectionOutput, predicted_embe
 
 
 @register_task("detreg")
-class DetRegTask(PretextTask):
-    option_groups = {"detreg": Annotated[DetRegConfig, tyro.conf.OmitArgPrefixes],
-                     "proposals": Annotated[ProposalConfig, tyro.conf.OmitArgPrefixes], "loss": LossConfig}
-    backbone_flags = ("--teacher-checkpoint", "--backbone-init")
-
-    @classmethod
-    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
-        """The released recipe: backbone frozen; on the paper preset 24 images per process (x 8 GPUs = 192),
-        50 epochs (COCO; ImageNet: --epochs 5) with the lr drop at 40."""
-        config = replace(config, model=replace(config.model, train_backbone=False))
-        if config.preset == "paper":
-            config = replace(config, optim=replace(config.optim, batch_size=RELEASED_BATCH_PER_PROCESS,
-                                                   epochs=50, lr_drop=40))
-        return config
-
+class DetRegTask(DetRegOptions, PretextTask):
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
         """The paper preset trains against real weights, never a random network."""

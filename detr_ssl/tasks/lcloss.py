@@ -25,7 +25,6 @@ Choices and known differences (no code was released, so these are our reading of
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -38,31 +37,11 @@ from detr_ssl.config import PretrainConfig
 from detr_ssl.datasets.multicrop import Views
 from detr_ssl.errors import ConfigError
 from detr_ssl.losses.contrastive import negative_cosine
-from detr_ssl.losses.local_contrast import LC_TEMPERATURE, lc_loss
+from detr_ssl.losses.local_contrast import lc_loss
 from detr_ssl.losses.output import LossOutput
 from detr_ssl.tasks import register_task
-from detr_ssl.tasks.backbone_pretext import (
-    BackbonePretextTask,
-    build_trunk,
-    byol_crops,
-    two_view_defaults,
-)
-
-
-@dataclass(frozen=True)
-class LcLossConfig:
-    """LC-loss on BYOL: image-level bootstrap plus a pixel-level local contrastive loss (Islam et al., 2023)."""
-
-    projection_dim: int = 256
-    """Output width of the projector, the predictor and the dense head (BYOL: 256)."""
-    hidden_dim: int = 4096
-    """Hidden width of the projector, the predictor and the dense head (BYOL: 4096)."""
-    base_momentum: float = 0.996
-    """Target momentum at the first step; it rises to 1 along a half cosine over the run (BYOL: 0.996)."""
-    lc_weight: float = 1.0
-    """Weight of the LC-loss added to BYOL's loss (assumed: no released code)."""
-    lc_temperature: float = LC_TEMPERATURE
-    """Softmax temperature of the LC-loss (assumed: no released code)."""
+from detr_ssl.tasks.backbone_pretext import BackbonePretextTask, build_trunk
+from detr_ssl.tasks.options.lcloss import LcLossConfig, LcLossOptions
 
 
 class Projected(NamedTuple):
@@ -130,22 +109,8 @@ def byol_loss(prediction: Tensor, target: Tensor) -> Tensor:
 
 
 @register_task("lcloss")
-class LcLossTask(BackbonePretextTask):
-    option_groups = {"lcloss": LcLossConfig}
+class LcLossTask(LcLossOptions, BackbonePretextTask):
     two_views_only = byol_views = True
-
-    @classmethod
-    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
-        """BYOL's views (two 224 px crops of 8-100% of the image); the demo shrinks views and heads."""
-        config = two_view_defaults(config, byol_crops)
-        if config.preset != "demo":
-            return config
-        # Four forward passes a batch (two views, two networks) cost twice DenseCL's, and the demo loss levels
-        # off after about 100 batches: 60 epochs (120 batches) instead of 100. Over so few batches a target as
-        # slow as BYOL's 0.996 barely moves, so the momentum starts from DenseCL's demo 0.99.
-        optim = replace(config.optim, epochs=60, lr_drop=50)
-        return replace(config, optim=optim, lcloss=replace(config.lcloss, projection_dim=64, hidden_dim=256,
-                                                           base_momentum=0.99))
 
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:

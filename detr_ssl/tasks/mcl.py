@@ -51,7 +51,6 @@ Choices and known differences from the released code (github.com/GuoQiushan/MCL 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -76,47 +75,8 @@ from detr_ssl.distributed import all_gather_cat, rank
 from detr_ssl.errors import ConfigError
 from detr_ssl.losses.output import LossOutput
 from detr_ssl.tasks import register_task
-from detr_ssl.tasks.backbone_pretext import (
-    BackbonePretextTask,
-    MultiCropConfig,
-    build_trunk,
-    byol_view_specs,
-    two_view_crops,
-    two_view_defaults,
-)
-
-
-@dataclass(frozen=True)
-class MclConfig:
-    """MCL: montages of the batch at several scales, each read from its pyramid level (Guo et al., 2023)."""
-
-    scales: tuple[int, ...] = (1, 2, 4)
-    """Downsampling ratios r, starting with 1 (the full views); scale r is read from the pyramid level of
-    stride 32 / r. Released: 1, 2, 4, 8; 8 (stride 4) has no level in the detector's pyramid."""
-    scale_weights: tuple[float, ...] = (0.5, 0.25, 0.125)
-    """Loss weight of each scale (released: 1/2, 1/4, 1/8, and 1/8 for scale 8)."""
-    separate_views: bool = True
-    """Each scale montages its own pair of views, as released; False: every scale reads the first pair."""
-    head_convs: int = 4
-    """3x3 conv -> BN -> ReLU layers the head runs on every sub-image's cell block."""
-    head_hidden_dim: int = 2048
-    """Hidden width of the head's projector (Linear -> BN -> ReLU -> Linear -> BN without affine)."""
-    feature_dim: int = 256
-    """Embedding width of the head and the predictors."""
-    predictor_hidden_dim: int = 2048
-    """Hidden width of each scale's predictor (Linear -> BN -> ReLU -> Linear)."""
-    temperature: float = 1.0
-    """Softmax temperature T; the cross-entropy is also scaled by 2T, as released."""
-    momentum: float = 0.99
-    """Target = momentum * target + (1 - momentum) * online, momentum rising along a half cosine to 1."""
-    momentum_steps: int = 0
-    """Length K of the momentum schedule in batches; 0: the whole run (epochs x batches per epoch, or
-    --max-steps x accumulation steps when that ends it first)."""
-
-
-def mcl_crops(size: int) -> MultiCropConfig:
-    """MCL's views: ``size`` px crops of 20% to 100% of the image; their colours are BYOL's."""
-    return two_view_crops(size, (0.2, 1.0))
+from detr_ssl.tasks.backbone_pretext import BackbonePretextTask, build_trunk, byol_view_specs
+from detr_ssl.tasks.options.mcl import MclConfig, MclOptions
 
 
 def conv_block(channels: int) -> nn.Sequential:
@@ -246,22 +206,8 @@ def montage_info_nce(predictions: Tensor, targets: Tensor, labels: Tensor, tempe
 
 
 @register_task("mcl")
-class MclTask(BackbonePretextTask):
-    option_groups = {"mcl": MclConfig}
+class MclTask(MclOptions, BackbonePretextTask):
     two_views_only = byol_views = True
-
-    @classmethod
-    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
-        """The released views (224 px, area 20% to 100%, BYOL's colours); the demo's 64 px views give every
-        sub-image a 2 x 2 cell block, and its heads are narrower."""
-        config = two_view_defaults(config, mcl_crops)
-        if config.preset != "demo":
-            return config
-        # Each step runs 2 x (16 + 4 + 1) images through both encoders (DenseCL: 16 through each of two), so
-        # 120 steps instead of 200: about 3 minutes on a busy 2-core machine, the loss falling from its start.
-        optim = replace(config.optim, epochs=60, lr_drop=48)
-        return replace(config, optim=optim, mcl=replace(config.mcl, head_hidden_dim=256, feature_dim=64,
-                                                        predictor_hidden_dim=256))
 
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:

@@ -8,36 +8,24 @@ and all of it fine-tunes as a Pair DETR (``scripts/finetune.py --model pairdetr`
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Annotated
-
-import tyro
-
 from torch import nn
 from torch.utils.data import Dataset
 
-from detr_ssl.config import LossConfig, PairConfig, PretrainConfig
+from detr_ssl.config import PretrainConfig
 from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.collate import Batch
 from detr_ssl.errors import ConfigError
-from detr_ssl.losses.pair_criterion import build_pair_criterion
 from detr_ssl.losses.output import LossOutput
+from detr_ssl.losses.pair_criterion import build_pair_criterion
 from detr_ssl.models.pair_detr import PairDETR
-from detr_ssl.proposals.options import ProposalConfig, proposal_dataset
+from detr_ssl.proposals.options import proposal_dataset
 from detr_ssl.tasks import register_task
 from detr_ssl.tasks.base import PretextTask
+from detr_ssl.tasks.options.pairdetr import PairDetrOptions
 
 
 @register_task("pairdetr")
-class PairDetrTask(PretextTask):
-    option_groups = {"pair": PairConfig, "proposals": Annotated[ProposalConfig, tyro.conf.OmitArgPrefixes],
-                     "loss": LossConfig}
-
-    @classmethod
-    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
-        """Backbone frozen by default, as in DetReg (the proposals are the same kind of targets)."""
-        return replace(config, model=replace(config.model, train_backbone=False))
-
+class PairDetrTask(PairDetrOptions, PretextTask):
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
         """Rejects two-stage queries, which Pair DETR's learnt corner and center queries cannot be."""

@@ -38,7 +38,6 @@ Choices and known differences from the released code (Annbless/RegionCL, RegionC
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -57,28 +56,11 @@ from detr_ssl.losses.contrastive import info_nce
 from detr_ssl.losses.output import LossOutput
 from detr_ssl.losses.regioncl import region_info_nce
 from detr_ssl.tasks import register_task
-from detr_ssl.tasks.backbone_pretext import BackbonePretextTask, build_trunk, moco_v2_crops, two_view_defaults
+from detr_ssl.tasks.backbone_pretext import BackbonePretextTask, build_trunk
+from detr_ssl.tasks.options.regioncl import RegionClConfig, RegionClOptions
 
 C5_STRIDE = 32
 """Pixels per C5 cell of every ResNet trunk: the grid the pasted box is aligned to."""
-
-
-@dataclass(frozen=True)
-class RegionClConfig:
-    """RegionCL-M: MoCo v2 plus contrast of the two regions of cut-and-paste composites (Xu et al., 2021)."""
-
-    feature_dim: int = 128
-    hidden_dim: int = 2048
-    queue_length: int = 65536
-    momentum: float = 0.999
-    """Key encoder = momentum * key encoder + (1 - momentum) * query encoder, before every step."""
-    temperature: float = 0.2
-    """Of both the instance and the region InfoNCE."""
-    min_box_cells: int = 3
-    """Smallest side of the pasted box, in C5 cells (32 px): the release's cutMixLower."""
-    max_box_cells: int = 5
-    """Largest side of the pasted box, in C5 cells, inclusive (the release's cutMixUpper 6 is exclusive);
-    must leave part of the view's grid uncovered."""
 
 
 class PasteBox(NamedTuple):
@@ -192,19 +174,8 @@ class RegionClModel(nn.Module):
 
 
 @register_task("regioncl")
-class RegionClTask(BackbonePretextTask):
-    option_groups = {"regioncl": RegionClConfig}
+class RegionClTask(RegionClOptions, BackbonePretextTask):
     two_views_only = True
-
-    @classmethod
-    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
-        config = two_view_defaults(config, moco_v2_crops)
-        if config.preset != "demo":
-            return config
-        # 64 px views are a 2 x 2 C5 grid: a one-cell box, half the side like the release's 3-5 of 7.
-        # Queue, head and momentum as DenseCL's demo (a queue of one epoch's keys of the 32 photos).
-        return replace(config, regioncl=replace(config.regioncl, feature_dim=64, hidden_dim=256, queue_length=32,
-                                                momentum=0.99, min_box_cells=1, max_box_cells=1))
 
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:

@@ -11,47 +11,18 @@ statistics (no SyncBatchNorm, which does not run on CPU).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
 from detr_ssl.blocks.heads import mlp
-from detr_ssl.config import PretrainConfig
 from detr_ssl.datasets.multicrop import Views
 from detr_ssl.losses.output import LossOutput
 from detr_ssl.losses.swav import sinkhorn_knopp, swapped_prediction_loss
 from detr_ssl.tasks import register_task
-from detr_ssl.tasks.backbone_pretext import (
-    BackbonePretextTask,
-    MultiCropConfig,
-    build_trunk,
-    demo_backbone_defaults,
-)
-
-
-@dataclass(frozen=True)
-class SwavConfig:
-    """SwAV: swapped prediction of Sinkhorn-Knopp cluster assignments (Caron et al., 2020)."""
-
-    num_prototypes: int = 3000
-    feature_dim: int = 128
-    """Projection output (prototype) dimension."""
-    hidden_dim: int = 2048
-    """Projection MLP hidden width."""
-    temperature: float = 0.1
-    epsilon: float = 0.05
-    """Entropy regularisation of the Sinkhorn-Knopp assignment."""
-    sinkhorn_iterations: int = 3
-    freeze_prototypes_steps: int = 313
-    """Prototypes receive no gradient for this many optimizer steps (the paper: one ImageNet epoch)."""
-    queue_length: int = 0
-    """Earlier embeddings kept per process to fill the Sinkhorn batch (0: no queue)."""
-    queue_start_step: int = 0
-    """Optimizer step from which the queue takes part (it fills from the start)."""
-
+from detr_ssl.tasks.backbone_pretext import BackbonePretextTask, build_trunk
+from detr_ssl.tasks.options.swav import SwavConfig, SwavOptions
 
 
 class SwavModel(nn.Module):
@@ -93,17 +64,7 @@ class SwavModel(nn.Module):
 
 
 @register_task("swav")
-class SwavTask(BackbonePretextTask):
-    option_groups = {"swav": SwavConfig}
-
-    @classmethod
-    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
-        config = demo_backbone_defaults(config, MultiCropConfig(global_size=64, local_size=32, num_local=4))
-        if config.preset == "demo":
-            config = replace(config, swav=replace(config.swav, num_prototypes=30, feature_dim=64, hidden_dim=256,
-                                                  freeze_prototypes_steps=20))
-        return config
-
+class SwavTask(SwavOptions, BackbonePretextTask):
     def build_model(self) -> SwavModel:
         return SwavModel(build_trunk(self.config.model.backbone), self.options, self.config.crops.num_global)
 

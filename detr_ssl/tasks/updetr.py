@@ -11,7 +11,7 @@ loss down-weighted), and every decoder layer also reconstructs the matched patch
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from detr_ssl.box_ops import xyxy_to_cxcywh
-from detr_ssl.config import LossConfig, PretrainConfig
+from detr_ssl.config import PretrainConfig
 from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.collate import Batch
 from detr_ssl.errors import ConfigError
@@ -32,28 +32,7 @@ from detr_ssl.models.heads import MLP
 from detr_ssl.models.outputs import DetectionOutput
 from detr_ssl.tasks import register_task
 from detr_ssl.tasks.base import PretextTask
-
-
-@dataclass(frozen=True)
-class UpDetrConfig:
-    """UP-DETR random query patches (Dai et al., 2021)."""
-
-    num_patches: int = 10
-    """Random patches per image. The decoder's --model.num-queries are split evenly among them (num_queries /
-    num_patches each, which must be a whole number, as in the released UP-DETR). The presets give 100 queries
-    for 10 patches (paper) and 30 for 3 (demo); changing only this flag keeps the preset's query count and
-    changes the queries per patch."""
-    min_patch_size: int = 8
-    """Smallest patch side in pixels."""
-    patch_size: int = 128
-    """Side the patches are resized to before the frozen backbone encodes them."""
-    mask_ratio: float = 0.1
-    """Probability that a query's patch feature is left out during pretraining (the released code's
-    query-patch masking: zeroed, not rescaled)."""
-    query_shuffle: bool = False
-    no_object_weight: float = 0.1
-    reconstruction_weight: float = 1.0
-
+from detr_ssl.tasks.options.updetr import UpDetrOptions
 
 
 def sample_patches(sizes: Tensor, num_patches: int, min_size: int) -> list[Tensor]:
@@ -115,27 +94,9 @@ class UpDetrModel(nn.Module):
 #: The ``pretrained.pth`` entry holding what query-patch detection needs beyond the detector.
 QUERY_PATCH_KEY = "query_patch"
 
-#: Queries per patch behind the presets' query count (the released UP-DETR: 100 queries, 10 patches).
-DEFAULT_QUERIES_PER_PATCH = 10
-
 
 @register_task("updetr")
-class UpDetrTask(PretextTask):
-    option_groups = {"updetr": UpDetrConfig, "loss": LossConfig}
-
-    @classmethod
-    def defaults(cls, config: PretrainConfig) -> PretrainConfig:
-        """Frozen backbone, 10 queries per patch and, on the paper preset, lr 1e-4 for 60 epochs with the
-        drop at 40 (the released UP-DETR's schedule); every one of them yields to its flag. The demo takes 3
-        patches: 3 x 10 queries = the tiny model's 30, so every query transfers to fine-tuning."""
-        if config.preset == "demo":
-            config = replace(config, updetr=replace(config.updetr, num_patches=3))
-        model = replace(config.model, train_backbone=False,
-                        num_queries=config.updetr.num_patches * DEFAULT_QUERIES_PER_PATCH)
-        if config.preset == "paper":
-            config = replace(config, optim=replace(config.optim, lr=1e-4, epochs=60, lr_drop=40))
-        return replace(config, model=model)
-
+class UpDetrTask(UpDetrOptions, PretextTask):
     @classmethod
     def configure(cls, config: PretrainConfig) -> PretrainConfig:
         """Rejects what UP-DETR cannot run: two-stage queries (the patch features are added to the learnt

@@ -5,7 +5,8 @@ kernel). ``"auto"`` takes mmcv only when its op imports *and* the tensors are on
 requested backend that cannot run raises `BackendUnavailableError` when called, never at import.
 Inside `export_mode` every call runs the traceable `export_formulation` instead, whatever the backend.
 Under ``torch.compile`` the pytorch backend runs as the registered operator of `registered_op`, so
-Dynamo traces whole models without a graph break; mmcv's kernel stays an eager island (a graph break).
+Dynamo traces whole models without a graph break; mmcv's kernel (an extension's autograd Function, which
+Dynamo cannot trace) breaks the graph there and runs eagerly.
 """
 
 from __future__ import annotations
@@ -104,9 +105,6 @@ def _check_shapes(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
         fail("spatial_shapes and level_start_index must be integer tensors")
 
 
-_mmcv_eagerly = torch.compiler.disable(ms_deform_attn_mmcv)  # an extension's autograd Function: not traceable
-
-
 def multi_scale_deformable_attention(
     value: Tensor,
     spatial_shapes: Tensor,
@@ -157,7 +155,7 @@ def multi_scale_deformable_attention(
         if _exporting:
             out = ms_deform_attn_export(*inputs)
         elif resolve_backend(backend, value.device) == "mmcv" and value.numel() and sampling_locations.numel():
-            out = _mmcv_eagerly(*inputs)  # (empty work goes to the pytorch path, which handles it anywhere)
+            out = ms_deform_attn_mmcv(*inputs)  # (empty work goes to the pytorch path, which handles it anywhere)
         elif torch.compiler.is_compiling():
             out = ms_deform_attn_op(*inputs)
         else:

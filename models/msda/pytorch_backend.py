@@ -21,10 +21,9 @@ other half of the reference's cost. With ``g`` the output gradient:
 - the value gradient is the transposed gather, a scatter (`_scatter_rows`): taps are sorted by
   destination row and ``embedding_bag`` with per-row offsets sums each row's contributions.
 
-On 2 CPU cores at Deformable DETR's encoder size (5,440 queries, 8 heads x 32, 4 levels x 4 points) this
-is about 5x faster than the reference forward and 3x forward+backward, at 1/5 and 1/2 of its peak
-memory (``scripts/bench_msda.py``). It is the same math on CUDA, where mmcv's fused kernel is the usual
-choice (neither has been timed on a GPU here).
+``scripts/bench_msda.py`` times it and measures its peak memory against the reference at Deformable
+DETR's encoder size (docs/PERFORMANCE.md has the numbers). It is the same math on CUDA, where mmcv's fused
+kernel is the usual choice.
 
 Shapes: ``N`` batch, ``S`` pixels of all levels, ``M`` heads, ``D`` channels per head, ``Lq`` queries,
 ``L`` levels, ``P`` points; ``B = N * Lq * M`` output rows, ``K = L * P`` points per output row.
@@ -171,7 +170,7 @@ def _sampled_dots(index: Tensor, grad: Tensor, rows: Tensor) -> Tensor:
         # zeros: beta=0 still reads the pattern's values
         pattern = torch.sparse_csr_tensor(crow, index.reshape(-1), grad.new_zeros(count * per_row),
                                           size=(count, rows.shape[0]), check_invariants=False)
-        # out=pattern computes in place; a separate result would first clone the whole pattern (3x slower)
+        # out=pattern computes in place; a separate result would first clone the whole pattern
         torch.sparse.sampled_addmm(pattern, grad, rows.t(), beta=0.0, out=pattern)
     return pattern.values().view(count, per_row)
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,20 +143,19 @@ def test_matching_and_set_loss_upcast_half_precision_predictions(monkeypatch: py
                                                                           [0.5, 0.5, 0.9, 0.9]])},
                {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.7, 0.3, 0.1, 0.2]])}]
     costs = []
-    cost_matrix = HungarianMatcher.cost_matrix
+    stacked_cost = HungarianMatcher.stacked_cost
 
-    def spy(self: HungarianMatcher, *args: torch.Tensor) -> torch.Tensor:
-        costs.append([t.dtype for t in args if t.is_floating_point()])
-        return cost_matrix(self, *args)
+    def spy(self: HungarianMatcher, *args: object) -> np.ndarray:
+        costs.append(stacked_cost(self, *args))
+        return costs[-1]
 
-    monkeypatch.setattr(HungarianMatcher, "cost_matrix", spy)
+    monkeypatch.setattr(HungarianMatcher, "stacked_cost", spy)
     criterion = SetCriterion(num_classes=3)
     half = criterion(DetectionOutput(logits=logits, boxes=boxes, aux=aux), targets)
     aux_full = [DetectionOutput(logits=a.logits.float(), boxes=a.boxes.float()) for a in aux]
     full = criterion(DetectionOutput(logits=logits.float(), boxes=boxes.float(), aux=aux_full), targets)
-    # Costs (targets included: they are padded into a tensor of the predictions' dtype) are float32, so
-    # half-precision predictions are matched and scored exactly as their float32 values.
-    assert costs and all(dtypes == [torch.float32] * 3 for dtypes in costs)
+    # Costs are float32, so half-precision predictions are matched and scored exactly as their float32 values.
+    assert costs and all(cost.dtype == np.float32 for cost in costs)
     assert half.layer_indices.keys() == full.layer_indices.keys()
     for suffix, indices in full.layer_indices.items():
         for (query, target), (query_half, target_half) in zip(indices, half.layer_indices[suffix]):

@@ -151,6 +151,20 @@ def test_fallback_teacher_pools_the_backbone_deepest_map(detector_backbone: Back
         torch.testing.assert_close(_backbone_pooled(detector_backbone, images), before, atol=0, rtol=0)
 
 
+def test_a_shallower_fallback_teacher_keeps_only_the_stages_it_pools(detector_backbone: Backbone) -> None:
+    images = torch.randn(2, 3, SIDE, SIDE)
+    mask = torch.zeros(2, SIDE, SIDE, dtype=torch.bool)
+    with torch.no_grad():
+        layer2 = detector_backbone(images, mask)[0][0].mean(dim=(-2, -1))  # the backbone's first map is C3
+
+    teacher = build_teacher(None, stage="layer2", fallback=detector_backbone)
+
+    assert "layer3" not in teacher.trunk and "layer4" not in teacher.trunk  # never read, so never computed
+    assert "layer4" in detector_backbone.body
+    assert teacher.dim == layer2.shape[1]
+    torch.testing.assert_close(teacher(images), layer2, atol=1e-4, rtol=1e-4)
+
+
 def test_teacher_is_frozen_and_independent_of_the_detector_backbone(detector_backbone: Backbone) -> None:
     teacher = build_teacher(None, fallback=detector_backbone)
     images = torch.randn(2, 3, SIDE, SIDE)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from detr_ssl.cli.common import run_main
+from detr_ssl.cli.precompute_proposals import main
 from detr_ssl.proposals import ProposalCache, ProposalSettings, precompute
 from detr_ssl.proposals.cache import ENTRY_SUFFIX
-from detr_ssl.proposals.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = ProposalSettings()

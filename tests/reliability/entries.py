@@ -1,4 +1,6 @@
-"""Programs the reliability tests run in subprocesses (a helper, not a test module).
+"""Programs the reliability tests run in other processes (a helper, not a test module): as scripts in
+subprocesses, or through ``main(argv)`` in forked ones (nan-on-one-rank: tests/launch.py's
+``run_main_in_two_processes``).
 
     python entries.py slow-checkpoint READY NTH -- FINETUNE_ARGS...
         scripts/finetune.py, except that the NTH ``torch.save`` (counting from 1; a training checkpoint is
@@ -69,8 +71,9 @@ def slow_checkpoint(ready: Path, nth: int, argv: list[str]) -> int:
 
 def slow_cache(ready: Path, nth: int, argv: list[str]) -> int:
     """scripts/precompute_proposals.py whose ``nth`` cache entry write stops half-way and waits to be killed."""
+    from detr_ssl.cli import precompute_proposals
     from detr_ssl.cli.common import run_main
-    from detr_ssl.proposals import cache, cli
+    from detr_ssl.proposals import cache
 
     original = cache._atomic_write
     entries = 0
@@ -85,7 +88,7 @@ def slow_cache(ready: Path, nth: int, argv: list[str]) -> int:
         original(path, data, prefix)
 
     cache._atomic_write = atomic_write
-    return run_main(cli.main, argv)
+    return run_main(precompute_proposals.main, argv)
 
 
 def nan_on_one_rank(out_dir: Path, mode: str) -> int:

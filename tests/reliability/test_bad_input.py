@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from detr_ssl.cli import finetune, validate_dataset
+from detr_ssl.cli import precompute_proposals as precompute_cli
 from detr_ssl.cli.common import run_main
 from detr_ssl.config import LossConfig, PairConfig, demo_finetune
 from detr_ssl.datasets import CocoDetection, ImageFolderDataset, collate_detection, make_train_transforms
@@ -38,7 +39,6 @@ from detr_ssl.datasets.transforms import (
 )
 from detr_ssl.errors import DataError
 from detr_ssl.models.config import model_preset
-from detr_ssl.proposals import cli as precompute_cli
 from detr_ssl.tasks.supervised import build_supervised
 
 Document = dict[str, list[dict[str, Any]]]

@@ -20,16 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from detr_ssl.cli import finetune
 from detr_ssl.cli.common import run_main
+from detr_ssl.cli.precompute_proposals import main
 from detr_ssl.datasets.demo import DemoPaths
 from detr_ssl.engine.checkpoint import LATEST, load_training_checkpoint, resolve_resume
 from detr_ssl.errors import CheckpointError
 from detr_ssl.models.checkpoint_io import load_untrusted
 from detr_ssl.proposals import ProposalCache, ProposalSettings, precompute
 from detr_ssl.proposals.cache import ENTRY_SUFFIX
-from detr_ssl.proposals.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 ENTRIES = str(Path(__file__).with_name("entries.py"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -52,9 +52,15 @@ def _kill_when_ready(command: list[str], ready: Path, cwd: Path, deadline_s: flo
         process.stderr.close()
 
 
-def _run(command: list[str], cwd: Path) -> None:
-    result = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+def _finetune(args: list[str]) -> None:
+    """scripts/finetune.py's entry point run in this process with one intra-op thread, as the killed
+    subprocess runs (``ENV``): the runs compared here must not differ by their thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_main(finetune.main, args) == 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 # -- training checkpoints ----------------------------------------------------------------------------------
@@ -79,7 +85,7 @@ def finetune_args(tmp_path_factory: pytest.TempPathFactory, demo_data: DemoPaths
 def uninterrupted(finetune_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The final checkpoint of the same run, never killed."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    _run([sys.executable, str(REPO / "scripts" / "finetune.py"), *finetune_args, "--output-dir", str(out)], out)
+    _finetune([*finetune_args, "--output-dir", str(out)])
     return load_training_checkpoint(out / LATEST)
 
 
@@ -107,8 +113,7 @@ def test_sigkill_while_writing_a_checkpoint_loses_nothing(
     else:
         assert not (out / "checkpoint_0002.pth").exists()
 
-    _run([sys.executable, str(REPO / "scripts" / "finetune.py"), *finetune_args, "--output-dir", str(out),
-          "--resume", "auto"], tmp_path)
+    _finetune([*finetune_args, "--output-dir", str(out), "--resume", "auto"])  # the same command again
     final = load_training_checkpoint(out / LATEST)
     assert (final["epoch"], final["step"]) == (3, 3)
     for name, tensor in uninterrupted["model"].items():

@@ -1,8 +1,9 @@
 """Two CPU processes under Accelerate train like one process with the same global batch, resume exactly,
 and agree on skipping a batch that is non-finite on only one of them.
 
-Each test starts two real processes (tests/launch.py: ``accelerate launch --multi_gpu`` with the scripts'
-``--cpu``, Accelerate's MULTI_CPU mode over gloo) and checks that there were two.
+The training runs start two real processes as users launch them (tests/launch.py: ``accelerate launch
+--multi_gpu`` with the scripts' ``--cpu``, Accelerate's MULTI_CPU mode over gloo); the NaN test forks its
+two (tests/launch.py's ``run_main_in_two_processes``). Each checks that there were two.
 """
 
 from __future__ import annotations
@@ -10,47 +11,42 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import entries
 import pytest
 import torch
-from launch import TWO_CPU_PROCESSES
+from launch import FORKED_GLOO, TWO_CPU_PROCESSES, free_port, run_main_in_two_processes
 
 from detr_ssl.datasets.demo import DemoPaths
 from detr_ssl.engine.checkpoint import load_training_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 FINETUNE = str(REPO / "scripts" / "finetune.py")
-ENTRIES = str(Path(__file__).with_name("entries.py"))
 #: One thread per process: the runs compared here must not differ by their thread count.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _two_processes(args: Sequence[str]) -> list[str]:
     """``accelerate launch`` of two CPU processes (tests/launch.py), on a port of their own: these tests
     start two launches at once."""
-    return [*TWO_CPU_PROCESSES, "--main_process_port", str(_free_port()), *args]
+    return [*TWO_CPU_PROCESSES, "--main_process_port", str(free_port()), *args]
 
 
-def _run_all(commands: list[list[str]], cwd: Path, timeout: int = 600) -> None:
-    """Runs the commands concurrently; fails with the end of the output of any that failed."""
+def _run_all(commands: list[list[str]], cwd: Path) -> list[str]:
+    """Runs the commands concurrently; fails with the end of the output of any that failed. Returns each
+    command's output (stdout and stderr together)."""
     processes = [subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True) for command in commands]
-    outputs = [process.communicate(timeout=timeout)[0] for process in processes]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-4000:]
+    return outputs
 
 
 def _scalars(output_dir: Path, tag: str) -> list[float]:
@@ -97,11 +93,18 @@ def test_two_processes_train_like_one_with_the_same_global_batch(demo_subset, de
 
 def test_two_process_run_resumes_exactly(demo_subset, demo_data, tmp_path: Path) -> None:
     """Dropout on, multi-scale + crop augmentation: each process draws dropout masks for its own batch shapes,
-    so their random states differ; stopping mid-epoch 2 and resuming must restore every process's state."""
+    so their random states differ; stopping mid-epoch 2 and resuming must restore every process's state.
+
+    The uninterrupted run is also the check that scripts/finetune.py with the demo preset's augmentation
+    trains and evaluates in two CPU processes as users launch it (tests/launch.py): it reports both
+    processes and writes the six COCO box metrics."""
     args = [*_data_args(demo_subset, demo_data, 8), "--model.dropout", "0.1", "--epochs", "2", "--batch-size", "2"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _run_all([_two_processes([FINETUNE, *args, "--output-dir", str(straight)]),
-              _two_processes([FINETUNE, *args, "--output-dir", str(resumed), "--max-steps", "3"])], tmp_path)
+    output, _ = _run_all([_two_processes([FINETUNE, *args, "--output-dir", str(straight)]),
+                          _two_processes([FINETUNE, *args, "--output-dir", str(resumed), "--max-steps", "3"])],
+                         tmp_path)
+    assert "(2 processes)" in output
+    assert set(json.loads((straight / "metrics.json").read_text())) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     stopped = load_training_checkpoint(resumed / "checkpoint.pth")
     assert (stopped["step"], stopped["epoch"], stopped["batch_in_epoch"]) == (3, 1, 1)
     _run_all([_two_processes([FINETUNE, *args, "--output-dir", str(resumed), "--resume", "auto"])], tmp_path)
@@ -117,11 +120,13 @@ def test_two_process_run_resumes_exactly(demo_subset, demo_data, tmp_path: Path)
         assert all(torch.equal(group_actual[k], group_expected[k]) for k in group_expected)
 
 
+@FORKED_GLOO
 @pytest.mark.parametrize("mode", ["skip", "stop"])
 def test_a_nan_on_one_process_is_handled_by_both(tmp_path: Path, mode: str) -> None:
     """Only rank 1 sees the NaN; both skip that batch and stay in step (or both stop) instead of one of
-    them waiting forever in the other's gradient all-reduce."""
-    _run_all([_two_processes([ENTRIES, "nan-on-one-rank", str(tmp_path), mode])], tmp_path, timeout=300)
+    them waiting forever in the other's gradient all-reduce (then the run is killed and the test fails).
+    The Trainer's behaviour, not the launch's: its two processes are forked (tests/launch.py)."""
+    run_main_in_two_processes(entries.main, ["nan-on-one-rank", str(tmp_path), mode], tmp_path, timeout_s=300)
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     if mode == "skip":

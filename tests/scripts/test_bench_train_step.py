@@ -1,32 +1,24 @@
-"""scripts/bench_train_step.py runs end to end at a toy size and records both models (no timing asserted)."""
+"""scripts/bench_train_step.py runs end to end at a toy size: both models agree, both are timed, and the shared
+JSON renders the README table (no timing asserted)."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_runs import positive_finite, run_bench
 
 pytest.importorskip("transformers", reason="transformers is in the test extra: pip install -e '.[test]'")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_train_step.py"
 
-
-def test_train_step_benchmark_checks_agreement_and_writes_both_models(tmp_path: Path) -> None:
-    output = tmp_path / "train_step.json"
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--sizes", "tiny", "--batch", "1", "--image-size", "64", "80",
-         "--repeats", "1", "--warmup", "0", "--threads", "1", "--output", str(output)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "| tiny | 1 x 64x80 |" in result.stdout
-    (row,) = json.loads(output.read_text())["results"]
+def test_train_step_benchmark_checks_agreement_and_writes_both_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    payload = run_bench("train_step", tmp_path, capsys, "--sizes", "tiny", "--batch", "1", "--image-size", "32", "48",
+                        "--repeats", "1", "--warmup", "0", "--no-memory", "--threads", "1")
+    (row,) = payload["results"]
+    assert (row["size"], row["batch"], row["image"]) == ("tiny", 1, [32, 48])
     assert row["max_output_difference"] < 1e-4
     assert math.isclose(row["loss_ours"], row["loss_transformers"], rel_tol=1e-4)
-    for name in ("ours", "transformers"):
-        assert row["median_ms"][name] > 0
-        assert row["peak_mb"][name] is None or row["peak_mb"][name] > 0
+    assert positive_finite(*row["median_ms"].values())
+    assert row["peak_mb"] == {"ours": None, "transformers": None}
+    assert payload["versions"]["transformers"]

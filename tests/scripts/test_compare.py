@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from detr_ssl.cli.common import run_main
 from detr_ssl.cli.compare import STAGE_FILE, CompareConfig, Comparison, compare, demo_compare, parse_compare_args
 from detr_ssl.cli.compare_report import paired_differences
 from detr_ssl.datasets.coco_json import read_json
+from detr_ssl.datasets.demo import DemoPaths
 from detr_ssl.errors import ConfigError
 from detr_ssl.protocols.comparison import RANDOM, FinetuneStage, PretrainStage, build_plan
 from detr_ssl.tasks import all_tasks
@@ -74,7 +76,7 @@ def test_paired_differences_compare_each_seed_with_random_init_on_it() -> None:
 
 
 def _tiny_argv(out: Path) -> list[str]:
-    return ["--demo", "--tasks", "swav", "detreg", "--fractions", "0.25", "--seeds", "1", "2",
+    return ["--demo", "--tasks", "swav", "detreg", "--fractions", "0.5", "--seeds", "1", "2",
             "--output-dir", str(out), "--max-steps", "2",
             "--pretrain-flags", "swav=--epochs 1 --max-steps 2 --batch-size 8",
             "--pretrain-flags", "detreg=--epochs 1 --max-steps 2 --crop-size 64"]
@@ -89,10 +91,13 @@ def _stages_in_this_process(command: list[str], check: bool = False) -> subproce
 
 @pytest.mark.slow
 def test_a_tiny_comparison_runs_resumes_and_reports(tmp_path: Path, capfd: pytest.CaptureFixture[str],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                    monkeypatch: pytest.MonkeyPatch, demo_data: DemoPaths,
+                                                    demo_subset: Callable[..., Path]) -> None:
     monkeypatch.setattr(compare_module.subprocess, "run", _stages_in_this_process)
     out = tmp_path / "cmp"
-    argv = _tiny_argv(out)
+    # Half the demo's images (folds of 16), which halves the evaluations and the k-NN probes' banks.
+    argv = [*_tiny_argv(out), "--train-json", str(demo_subset(32)), "--val-json", str(demo_subset(8, "val")),
+            "--images", str(demo_data.image_dir)]
     results = compare(parse_compare_args(argv), argv)
     assert {run["init"] for run in results["runs"]} == {RANDOM, "backbone-swav", "detreg"}
     assert len(results["runs"]) == 6 and (out / "results.md").is_file() and (out / "ap_vs_fraction.png").is_file()

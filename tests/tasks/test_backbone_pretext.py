@@ -4,13 +4,12 @@ layouts the rest of the library reads: detector backbone, DetReg teacher, backbo
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
+from pretext_runs import PretextRun, ShortRun
 
-from detr_ssl.cli.pretrain import pretrain
-from detr_ssl.cli.pretrain import parse_pretrain_args
+from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
 from detr_ssl.config import with_backbone_init
 from detr_ssl.engine.checkpoint import load_pretrained
 from detr_ssl.models.config import model_preset
@@ -18,73 +17,27 @@ from detr_ssl.models.deformable_detr import build_model
 from detr_ssl.models.teachers import build_teacher, load_swav_state_dict
 from detr_ssl.tasks import all_tasks, get_task
 from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, BackbonePretextTask, crop_specs
-from runs import copy_photos, scalar_histories
+from runs import scalar_histories
 
 BACKBONE_TASKS = sorted(name for name, cls in all_tasks().items() if issubclass(cls, BackbonePretextTask))
 
 
-@pytest.fixture(scope="module")
-def four_photos(tmp_path_factory: pytest.TempPathFactory, demo_photos: Path) -> Path:
-    return copy_photos(demo_photos, tmp_path_factory.mktemp("photos"), 8)
-
-
-#: Per task, options shrunk for an 8-image run: DenseCL's queue no longer than a batch; SwAV's batch of 8
-#: partitioned equally over fewer clusters.
-SMALL_OPTIONS: dict[str, dict] = {
-    "densecl": {"densecl": replace(get_task("densecl").preset_config("demo").densecl, queue_length=8)},
-    "swav": {"swav": replace(get_task("swav").preset_config("demo").swav, num_prototypes=4)},
-    "regioncl": {"regioncl": replace(get_task("regioncl").preset_config("demo").regioncl, queue_length=8)},
-    # SCFS: no teacher-temperature warm-up (a warming teacher raises its targets' entropy, and the loss) and a
-    # faster teacher, so 30 steps show the fall.
-    "scfs": {"scfs": replace(get_task("scfs").preset_config("demo").scfs, warmup_teacher_temperature_epochs=0,
-                             momentum=0.9)},
-    "mcl": {"mcl": replace(get_task("mcl").preset_config("demo").mcl, temperature=0.2)},  # T=1: ~1% in 30 steps
-    "detco": {"detco": replace(get_task("detco").preset_config("demo").detco, queue_length=8)},
-    "ccop": {"ccop": replace(get_task("ccop").preset_config("demo").ccop, image_queue_length=8, roi_queue_length=64,
-                             head_dropout=0.0)},
-}
-#: Per task, milder views where the released ones leave the loss near chance for this short run (RegionCL's
-#: MoCo instance term on 8 photos): large crops, no colour jitter.
-SMALL_CROPS: dict[str, dict] = {"regioncl": {"global_scale": (0.8, 1.0), "color_strength": 0.0},
-                               "mcl": {"global_scale": (0.8, 1.0)},
-                               "detco": {"global_scale": (0.8, 1.0), "color_strength": 0.0},
-                               "ccop": {"global_scale": (0.8, 1.0)}}
-
-
-def _run(task: str, images: Path, out: Path, steps: int):
-    base = get_task(task).preset_config("demo")
-    cfg = replace(
-        base, data=replace(base.data, data=images),
-        # 64 px leaves ResNet-18 a 2x2 map for DenseCL's dense matching; its queue no longer than a batch
-        # makes the negatives real embeddings after the first step.
-        crops=replace(base.crops, global_size=64, local_size=32, num_local=min(base.crops.num_local, 2),
-                      **SMALL_CROPS.get(task, {})),
-        optim=replace(base.optim, epochs=steps, batch_size=8, lr=1e-3, lr_drop=1000),
-        run=replace(base.run, output_dir=out, log_every=1, checkpoint_every=1000),
-        **SMALL_OPTIONS.get(task, {}),
-    )
-    return cfg, pretrain(cfg)
-
-
 @pytest.fixture(scope="module", params=BACKBONE_TASKS)
-def trained(request, four_photos: Path, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp(request.param)
-    torch.manual_seed(0)
-    cfg, exported = _run(request.param, four_photos, out, steps=30)
-    return request.param, cfg, out, exported
+def trained(request: pytest.FixtureRequest, short_pretext_run: ShortRun) -> PretextRun:
+    """The task's short run (tests/tasks/conftest.py), shared with the task's own tests."""
+    return short_pretext_run(request.param)
 
 
-def test_the_backbone_pretext_loss_decreases(trained) -> None:
-    task, _, out, _ = trained
-    losses = scalar_histories(out)["train/loss"]
-    assert len(losses) == 30
+def test_the_backbone_pretext_loss_decreases(trained: PretextRun) -> None:
+    losses = scalar_histories(trained.output_dir)["train/loss"]
+    assert len(losses) == trained.cfg.optim.epochs  # one step per epoch of 8 photos, each logged
     # Step 1 is left out: DenseCL's first negatives are the queue's random initial vectors.
     first, last = sum(losses[1:6]) / 5, sum(losses[-5:]) / 5
-    assert last < 0.9 * first, (task, first, last)
+    assert last < 0.9 * first, (trained.task, first, last)
 
 
-def test_the_swav_layout_export_is_what_the_teacher_loader_reads(trained) -> None:
-    task, cfg, out, _ = trained
+def test_the_swav_layout_export_is_what_the_teacher_loader_reads(trained: PretextRun) -> None:
+    cfg, out = trained.cfg, trained.output_dir
     layout = torch.load(out / SWAV_LAYOUT_FILE, weights_only=True)
     assert all(key.startswith("module.") for key in layout)
     assert "module.layer4.1.bn2.running_var" in layout  # BatchNorm statistics travel with the trunk
@@ -94,8 +47,8 @@ def test_the_swav_layout_export_is_what_the_teacher_loader_reads(trained) -> Non
     assert teacher(torch.randn(2, 3, 64, 64)).shape == (2, 512)
 
 
-def test_the_export_initialises_the_detector_backbone_both_ways(trained) -> None:
-    _, cfg, out, exported = trained
+def test_the_export_initialises_the_detector_backbone_both_ways(trained: PretextRun) -> None:
+    cfg, out, exported = trained.cfg, trained.output_dir, trained.exported
     trained_trunk = load_swav_state_dict(out / SWAV_LAYOUT_FILE, cfg.model.backbone)
     # 1. --backbone-init: the model config points at the file, normalisation becomes frozen BN.
     for source in (exported, out / SWAV_LAYOUT_FILE):
@@ -113,7 +66,7 @@ def test_the_export_initialises_the_detector_backbone_both_ways(trained) -> None
                                trained_trunk["layer2.0.bn2.running_var"])
 
 
-def test_a_backbone_pretext_refuses_a_single_global_crop(four_photos: Path, tmp_path: Path) -> None:
+def test_a_backbone_pretext_refuses_a_single_global_crop() -> None:
     from detr_ssl.errors import ConfigError
 
     base = get_task(BACKBONE_TASKS[0]).preset_config("demo")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from torchvision.ops import box_iou
 
 from detr_ssl.blocks.momentum import ema_update_
 from detr_ssl.blocks.pooling import multilevel_roi_align
-from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
+from detr_ssl.cli.pretrain import main as pretrain_main, parse_pretrain_args
 from detr_ssl.datasets import ImageFolderDataset
 from detr_ssl.datasets.multicrop import ViewGeometry
 from detr_ssl.engine.checkpoint import load_training_checkpoint
@@ -48,7 +46,8 @@ from detr_ssl.proposals.views import (
 )
 from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE
 from detr_ssl.tasks.ccop import CcopConfig, CcopModel, CcopTask, Encoded, RoiEmbedding, projection_head
-from launch import FORKED_GLOO, TWO_CPU_PROCESSES, run_in_two_processes
+from launch import FORKED_GLOO, run_in_two_processes, run_main_in_two_processes
+from pretext_runs import ShortRun
 from runs import copy_photos, finetune_initialised_parts, load_exported_trunk, scalar_histories
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ccop_released"
@@ -403,21 +402,11 @@ def test_presets_follow_the_release_and_configure_refuses_what_cannot_run() -> N
         assert "\n" not in str(info.value)
 
 
-def test_pretraining_lowers_the_loss_and_exports_the_trunk_and_the_pyramid(demo_photos: Path, tmp_path: Path) -> None:
-    images = copy_photos(demo_photos, tmp_path / "images", 8)
-    base = CcopTask.preset_config("demo")
-    run = replace(base.run, output_dir=tmp_path / "run", log_every=1, checkpoint_every=1000)
+def test_pretraining_lowers_the_loss_and_exports_the_trunk_and_the_pyramid(short_pretext_run: ShortRun) -> None:
     # Short queues (real keys after one step), no dropout and large crops: with the released views the
-    # image term on 8 photos stays at chance for this short run.
-    changes = {"ccop": replace(base.ccop, roi_queue_length=64, image_queue_length=8, head_dropout=0.0),
-               "crops": replace(base.crops, global_scale=(0.8, 1.0)),
-               "optim": replace(base.optim, epochs=30, batch_size=8, lr_drop=1000)}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        pretrained = pretrain(replace(base, data=replace(base.data, data=images), run=run, **changes))
-    finally:
-        torch.set_num_threads(threads)
+    # image term on 8 photos stays at chance for this short run (tests/tasks/pretext_runs.py).
+    run = short_pretext_run("ccop")
+    pretrained = run.exported
     losses = scalar_histories(run.output_dir)
     assert len(losses["train/loss"]) == 30 and min(losses["train/object_pairs"]) > 0
     # Step 1 scores against the random initial queues (unusually easy negatives), so it is left out.
@@ -490,18 +479,16 @@ def test_two_processes_of_b_share_the_queues_of_one_process_of_2b(tmp_path: Path
 
 
 @pytest.mark.slow
+@FORKED_GLOO
 def test_two_process_pretraining_script_runs_under_ddp(tmp_path: Path, demo_photos: Path) -> None:
     """Under DDP (a level or the object head may get no gradient on one process), the object queue gathers
     every process's keys."""
     images = copy_photos(demo_photos, tmp_path / "images", 4)
     out = tmp_path / "pre"
-    script = Path(__file__).resolve().parents[2] / "scripts" / "pretrain.py"
-    result = subprocess.run([*TWO_CPU_PROCESSES, str(script), "--cpu", "--task", "ccop", "--max-steps", "2",
-                             "--batch-size", "2", "--log-every", "1", "--preset", "demo", "--data", str(images),
-                             "--output-dir", str(out)],
-                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0 and "(2 processes)" in result.stdout, result.stderr[-3000:]
+    stdout = run_main_in_two_processes(pretrain_main, [
+        "--cpu", "--task", "ccop", "--max-steps", "2", "--batch-size", "2", "--log-every", "1", "--preset", "demo",
+        "--data", str(images), "--output-dir", str(out)], tmp_path)
+    assert "(2 processes)" in stdout
     state = load_training_checkpoint(out / "checkpoint.pth")["model"]
     assert int(state["image_queue.pointer"]) == 2 * 2 * 2 and int(state["steps"]) == 2
     # The main process logs its own pairs (per image); the queue also holds the other process's.

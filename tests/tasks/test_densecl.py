@@ -3,18 +3,17 @@ whose exports load as a teacher."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from launch import TWO_CPU_PROCESSES
-from runs import copy_photos, load_exported_trunk, scalar_histories
+from launch import FORKED_GLOO, run_main_in_two_processes
+from pretext_runs import ShortRun
+from runs import load_exported_trunk, scalar_histories
 
 from detr_ssl.blocks.momentum import ema_update_
-from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
+from detr_ssl.cli.pretrain import main as pretrain_main, parse_pretrain_args
 from detr_ssl.datasets.multicrop import Views
 from detr_ssl.engine.checkpoint import load_training_checkpoint
 from detr_ssl.errors import ConfigError
@@ -22,7 +21,6 @@ from detr_ssl.models.teachers import build_teacher
 from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, build_trunk
 from detr_ssl.tasks.densecl import DenseClConfig, DenseClModel, DenseClTask
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = DenseClConfig(feature_dim=8, hidden_dim=16, queue_length=6)
 
 
@@ -82,36 +80,31 @@ def test_presets_use_two_global_views_and_refuse_others() -> None:
         DenseClTask.configure(parse_pretrain_args(["--task", "densecl", "--densecl.queue-length", "0"]))
 
 
-def test_pretraining_lowers_the_loss_and_exports_a_teacher(demo_photos: Path, tmp_path: Path, one_thread) -> None:
-    images = copy_photos(demo_photos, tmp_path / "images", 8)
-    base = DenseClTask.preset_config("demo")  # 64 px views, resnet18
-    cfg = replace(base, data=replace(base.data, data=images),
-                  optim=replace(base.optim, epochs=30, batch_size=8, lr=1e-3, lr_drop=1000),
-                  densecl=replace(base.densecl, queue_length=8),  # full of real keys after the first step
-                  run=replace(base.run, output_dir=tmp_path / "run", log_every=1, checkpoint_every=1000))
-    exported = pretrain(cfg)
+def test_pretraining_lowers_the_loss_and_exports_a_teacher(short_pretext_run: ShortRun) -> None:
+    # 64 px views, resnet18, a queue of one batch: full of real keys after the first step.
+    run = short_pretext_run("densecl")
+    exported, out = run.exported, run.output_dir
 
-    losses = scalar_histories(tmp_path / "run")["train/loss"]
+    losses = scalar_histories(out)["train/loss"]
     assert len(losses) == 30
     # Step 1 scores against the random initial queue (unusually easy negatives), so it is left out.
     first, last = sum(losses[1:6]) / 5, sum(losses[-5:]) / 5
     assert last < 0.85 * first, (first, last)
 
-    state = load_training_checkpoint(tmp_path / "run" / "checkpoint.pth")["model"]
+    state = load_training_checkpoint(out / "checkpoint.pth")["model"]
     assert int(state["queue.pointer"]) == 0 and {"queue.keys", "dense_queue.keys"} <= state.keys()
 
-    load_exported_trunk(exported, tmp_path / "run" / SWAV_LAYOUT_FILE)
+    load_exported_trunk(exported, out / SWAV_LAYOUT_FILE)
 
 
 @pytest.mark.slow
+@FORKED_GLOO
 def test_two_process_pretraining_shares_one_queue(tmp_path: Path, demo_photos: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "pre"
-    result = subprocess.run([*TWO_CPU_PROCESSES, str(REPO / "scripts" / "pretrain.py"), "--cpu", "--task", "densecl",
-                             "--max-steps", "2", "--batch-size", "8", "--densecl.queue-length", "48",
-                             "--output-dir", str(out)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    stdout = run_main_in_two_processes(pretrain_main, ["--cpu", "--task", "densecl", "--max-steps", "2", "--batch-size",
+                                                       "8", "--densecl.queue-length", "48", "--output-dir", str(out)],
+                                       tmp_path)
+    assert "(2 processes)" in stdout
     # 2 steps x 2 processes x 8 keys enqueued on every process (16 if each kept only its own keys).
     state = load_training_checkpoint(out / "checkpoint.pth")["model"]
     assert int(state["queue.pointer"]) == 32 == int(state["dense_queue.pointer"])

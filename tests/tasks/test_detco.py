@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from launch import FORKED_GLOO, run_in_two_processes
-from runs import copy_photos, load_exported_trunk, scalar_histories
+from pretext_runs import ShortRun
+from runs import load_exported_trunk, scalar_histories
 from torch import nn
 
 from detr_ssl.blocks.jigsaw import cut_patches, jigsaw, jigsaw_offsets
 from detr_ssl.blocks.pyramid import trunk_stages
-from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
+from detr_ssl.cli.pretrain import parse_pretrain_args
 from detr_ssl.datasets.multicrop import Views
 from detr_ssl.engine.checkpoint import load_training_checkpoint
 from detr_ssl.errors import ConfigError
@@ -211,33 +212,26 @@ def test_bad_flags_are_refused_in_one_line(flags: list[str], message: str) -> No
 
 # --- training runs --------------------------------------------------------------------------------------------
 
-def test_pretraining_lowers_the_loss_and_exports_the_trunk(demo_photos: Path, tmp_path: Path, one_thread) -> None:
-    images = copy_photos(demo_photos, tmp_path / "images", 8)
-    base = DetCoTask.preset_config("demo")  # 64 px views, 16 px patches, resnet18
-    # Mild views (large crops, no colour jitter): with MoCo v2's, MoCo terms on 8 photos stay near chance for
-    # the first hundred steps (as RegionCL's instance term does). A queue of one batch holds only real keys
-    # after the first step.
-    cfg = replace(base, data=replace(base.data, data=images),
-                  crops=replace(base.crops, global_scale=(0.8, 1.0), color_strength=0.0),
-                  optim=replace(base.optim, epochs=30, batch_size=8, lr=1e-3, lr_drop=1000),
-                  detco=replace(base.detco, queue_length=8),
-                  run=replace(base.run, output_dir=tmp_path / "run", log_every=1, checkpoint_every=1000))
-    torch.manual_seed(0)
-    exported = pretrain(cfg)
+def test_pretraining_lowers_the_loss_and_exports_the_trunk(short_pretext_run: ShortRun) -> None:
+    # 64 px views, 16 px patches, resnet18. Mild views (large crops, no colour jitter): with MoCo v2's, MoCo
+    # terms on 8 photos stay near chance for the first hundred steps (as RegionCL's instance term does). A
+    # queue of one batch holds only real keys after the first step.
+    run = short_pretext_run("detco")
+    exported, out = run.exported, run.output_dir
 
-    losses = scalar_histories(tmp_path / "run")
+    losses = scalar_histories(out)
     assert len(losses["train/loss"]) == 30
     # Step 1 scores against the random initial queues (unusually easy negatives), so it is left out.
     for tag in ("train/loss", "train/loss_global", "train/loss_local", "train/loss_cross", "train/loss_c5"):
         first, last = sum(losses[tag][1:6]) / 5, sum(losses[tag][-5:]) / 5
         assert last < 0.85 * first, (tag, first, last)
 
-    state = load_training_checkpoint(tmp_path / "run" / "checkpoint.pth")["model"]
+    state = load_training_checkpoint(out / "checkpoint.pth")["model"]
     assert all(int(state[f"{kind}_queues.{s}.pointer"]) == 0 for kind in ("global", "local") for s in range(4))
-    load_exported_trunk(exported, tmp_path / "run" / SWAV_LAYOUT_FILE)
+    load_exported_trunk(exported, out / SWAV_LAYOUT_FILE)
     assert not any(key.startswith("input_proj.") for key in torch.load(exported, weights_only=True)["model"])
     # The layout file carries the C5 global head (MoCo v2's), none of the other seven.
-    layout = torch.load(tmp_path / "run" / SWAV_LAYOUT_FILE, weights_only=True)
+    layout = torch.load(out / SWAV_LAYOUT_FILE, weights_only=True)
     heads = {key for key in layout if not key.startswith(("module.conv1", "module.bn1", "module.layer"))}
     assert heads == {f"module.projection_head.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
 

@@ -17,7 +17,8 @@ from detr_ssl.losses.local_contrast import as_dense_map, lc_loss
 from detr_ssl.tasks.backbone_pretext import BYOL_JITTER, RunBatches, build_trunk
 from detr_ssl.tasks.densecl import DenseClConfig, DenseClModel, DenseClTask
 from detr_ssl.tasks.lcloss import LcLossConfig, LcLossModel, LcLossTask
-from runs import copy_photos, scalar_histories
+from pretext_runs import ShortRun
+from runs import scalar_histories
 
 TINY = LcLossConfig(projection_dim=8, hidden_dim=16, lc_weight=0.7)
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one intra-op thread on 2 shared cores
@@ -135,16 +136,19 @@ def test_densecl_lc_weight_adds_the_lc_loss_and_leaves_densecls_terms_unchanged(
 
 
 @pytest.mark.parametrize("task", ["lcloss", "densecl"])
-def test_every_loss_term_falls_in_a_short_run(task: str, demo_photos: Path, tmp_path: Path) -> None:
-    images = copy_photos(demo_photos, tmp_path / "images", 8)
-    flags = {"lcloss": ["--lcloss.lc-weight", "1"],
-             "densecl": ["--densecl.lc-weight", "1", "--densecl.queue-length", "8"]}[task]
-    config = parse_pretrain_args(["--task", task, "--preset", "demo", "--data", str(images), "--epochs", "30",
-                                  "--batch-size", "8", "--lr-drop", "1000", "--output-dir", str(tmp_path / "run"),
-                                  "--log-every", "1", "--checkpoint-every", "1000", *flags])
-    pretrain(config)
-    histories = {tag: values for tag, values in scalar_histories(tmp_path / "run").items()
-                 if tag.startswith("train/loss")}
+def test_every_loss_term_falls_in_a_short_run(task: str, short_pretext_run: ShortRun, eight_photos: Path,
+                                             tmp_path: Path) -> None:
+    if task == "lcloss":  # the task's short run (tests/tasks/pretext_runs.py), shared with other tests
+        run = short_pretext_run(task)
+        assert run.cfg.lcloss.lc_weight == 1
+        out = run.output_dir
+    else:  # DenseCL with the LC term added
+        out = tmp_path / "run"
+        pretrain(parse_pretrain_args(["--task", task, "--preset", "demo", "--data", str(eight_photos), "--epochs", "30",
+                                      "--batch-size", "8", "--lr-drop", "1000", "--output-dir", str(out),
+                                      "--log-every", "1", "--checkpoint-every", "1000",
+                                      "--densecl.lc-weight", "1", "--densecl.queue-length", "8"]))
+    histories = {tag: values for tag, values in scalar_histories(out).items() if tag.startswith("train/loss")}
     expected = {"lcloss": {"loss", "loss_byol", "loss_lc"}, "densecl": {"loss", "loss_global", "loss_dense", "loss_lc"}}
     assert {tag.removeprefix("train/") for tag in histories} == expected[task]
     for tag, values in histories.items():

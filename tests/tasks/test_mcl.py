@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from launch import FORKED_GLOO, TWO_CPU_PROCESSES, run_in_two_processes
+from launch import FORKED_GLOO, run_in_two_processes, run_main_in_two_processes
 
 from detr_ssl.blocks.montage import (
     build_montages,
@@ -30,13 +28,14 @@ from detr_ssl.blocks.montage import (
     untile,
 )
 from detr_ssl.blocks.pyramid import pyramid_strides
-from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
+from detr_ssl.cli.pretrain import main as pretrain_main, parse_pretrain_args
 from detr_ssl.datasets.multicrop import Views
 from detr_ssl.errors import ConfigError
 from detr_ssl.tasks import mcl as mcl_module
 from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, RunBatches
 from detr_ssl.tasks.mcl import CellBlockHead, MclConfig, MclModel, MclTask, montage_info_nce
-from runs import copy_photos, finetune_initialised_parts, load_exported_trunk, scalar_histories
+from pretext_runs import ShortRun
+from runs import finetune_initialised_parts, load_exported_trunk, scalar_histories
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mcl_released"
 META = json.loads((FIXTURE / "meta.json").read_text())
@@ -248,37 +247,27 @@ def test_two_processes_of_b_equal_one_process_of_2b(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.slow
+@FORKED_GLOO
 def test_two_process_pretraining_script_runs_under_ddp_with_an_unread_level(tmp_path: Path) -> None:
     """ResNet-50's 4 levels on the tiny model: no scale reads the stride-64 one, whose parameters get no
     gradient; DDP must be told (``find_unused_parameters``) or its second step fails."""
     out = tmp_path / "pre"
-    script = Path(__file__).resolve().parents[2] / "scripts" / "pretrain.py"
-    result = subprocess.run([*TWO_CPU_PROCESSES, str(script), "--cpu", "--task", "mcl", "--max-steps", "2",
-                             "--batch-size", "4", "--model.num-feature-levels", "4", "--output-dir", str(out)],
-                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0 and "(2 processes)" in result.stdout, result.stderr[-3000:]
+    stdout = run_main_in_two_processes(pretrain_main, [
+        "--cpu", "--task", "mcl", "--max-steps", "2", "--batch-size", "4", "--model.num-feature-levels", "4",
+        "--output-dir", str(out)], tmp_path)
+    assert "(2 processes)" in stdout
     state = torch.load(out / "pretrained.pth", weights_only=True)
     assert state["config"]["num_feature_levels"] == 4 and "input_proj.3.0.weight" in state["model"]
 
 
-def test_pretraining_lowers_the_loss_and_exports_trunk_and_pyramid(demo_photos: Path, tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core test machine runs one thread faster than two
-    images = copy_photos(demo_photos, tmp_path / "images", 8)
-    base = MclTask.preset_config("demo")  # 64 px views, resnet18, the tiny detector's 3 levels
-    # Large crops and T = 0.2: with the released T = 1 (logits within [-1, 1]) and crops of 20% to 100%, 8
-    # photos' loss moves by about 1% in 30 steps (a fixed batch's falls by a third: tested by hand).
-    cfg = replace(base, data=replace(base.data, data=images), crops=replace(base.crops, global_scale=(0.8, 1.0)),
-                  mcl=replace(base.mcl, temperature=0.2),
-                  optim=replace(base.optim, epochs=20, batch_size=8, lr=1e-3, lr_drop=1000),
-                  run=replace(base.run, output_dir=tmp_path / "run", log_every=1, checkpoint_every=1000))
-    try:
-        exported = pretrain(cfg)
-    finally:
-        torch.set_num_threads(threads)
-    losses = scalar_histories(tmp_path / "run")
-    assert len(losses["train/loss"]) == 20
+def test_pretraining_lowers_the_loss_and_exports_trunk_and_pyramid(short_pretext_run: ShortRun) -> None:
+    # 64 px views, resnet18, the tiny detector's 3 levels. Large crops and T = 0.2: with the released T = 1
+    # (logits within [-1, 1]) and crops of 20% to 100%, 8 photos' loss moves by about 1% in 30 steps (a fixed
+    # batch's falls by a third: tested by hand).
+    run = short_pretext_run("mcl")
+    pretrained = run.exported
+    losses = scalar_histories(run.output_dir)
+    assert len(losses["train/loss"]) == 30
     first, last = ({tag: sum(values[window]) / 4 for tag, values in losses.items() if tag.startswith("train/loss")}
                    for window in (slice(0, 4), slice(-4, None)))
     assert last["train/loss"] < 0.95 * first["train/loss"], (first, last)
@@ -286,8 +275,7 @@ def test_pretraining_lowers_the_loss_and_exports_trunk_and_pyramid(demo_photos: 
     montages = ("train/loss_scale2", "train/loss_scale4")
     assert sum(last[tag] for tag in montages) < sum(first[tag] for tag in montages), (first, last)
 
-    pretrained = exported
-    load_exported_trunk(pretrained, tmp_path / "run" / SWAV_LAYOUT_FILE)
+    load_exported_trunk(pretrained, run.output_dir / SWAV_LAYOUT_FILE)
     state = torch.load(pretrained, weights_only=True)
     proj_keys = {k for k in state["model"] if k.startswith("input_proj.")}
     assert len(proj_keys) == 4 * 3 and state["config"]["num_feature_levels"] == 3  # conv and GroupNorm per level

@@ -13,14 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import functional as TF
 
-from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
+from detr_ssl.cli.pretrain import parse_pretrain_args
 from detr_ssl.datasets.multicrop import ViewGeometry, Views
 from detr_ssl.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detr_ssl.errors import ConfigError
 from detr_ssl.tasks import backbone_pretext
 from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE
 from detr_ssl.tasks.pixpro import PixelPropagation, PixProConfig, PixProModel, PixProTask, positive_pairs
-from runs import copy_photos, load_exported_trunk, scalar_histories
+from pretext_runs import ShortRun
+from runs import load_exported_trunk, scalar_histories
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "pixpro_released" / "fixture.pt"
 TINY = PixProConfig(feature_dim=8, hidden_dim=32)
@@ -170,26 +171,17 @@ def test_presets_views_and_rejected_flags() -> None:
             PixProTask.configure(parse_pretrain_args(["--task", "pixpro", *flags]))
 
 
-def test_pretraining_lowers_the_loss_and_exports_a_backbone(demo_photos: Path, tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core test machine runs one thread faster than two
-    images = copy_photos(demo_photos, tmp_path / "images", 8)
-    base = PixProTask.preset_config("demo")  # 64 px views, resnet18
-    cfg = replace(base, data=replace(base.data, data=images),
-                  optim=replace(base.optim, epochs=16, batch_size=8, lr=1e-3, lr_drop=1000),
-                  run=replace(base.run, output_dir=tmp_path / "run", log_every=1, checkpoint_every=1000))
-    try:
-        exported = pretrain(cfg)
-    finally:
-        torch.set_num_threads(threads)
-    losses = scalar_histories(tmp_path / "run")["train/loss"]
+def test_pretraining_lowers_the_loss_and_exports_a_backbone(short_pretext_run: ShortRun) -> None:
+    run = short_pretext_run("pixpro")  # 64 px views, resnet18
+    exported, out = run.exported, run.output_dir
+    losses = scalar_histories(out)["train/loss"]
     assert len(losses) == 16
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < first - 0.5, (first, last)  # the loss lies in [-4, 4]
 
-    layout = torch.load(tmp_path / "run" / SWAV_LAYOUT_FILE, weights_only=True)
+    layout = torch.load(out / SWAV_LAYOUT_FILE, weights_only=True)
     assert {"module.projector.0.weight", "module.propagation.transform.weight"} <= layout.keys()
-    load_exported_trunk(exported, tmp_path / "run" / SWAV_LAYOUT_FILE)
+    load_exported_trunk(exported, out / SWAV_LAYOUT_FILE)
 
 
 # -- the released code's numbers (tests/fixtures/pixpro_released) ------------------------------------------

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,9 +15,9 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from launch import FORKED_GLOO, TWO_CPU_PROCESSES, run_in_two_processes
+from launch import FORKED_GLOO, run_in_two_processes, run_main_in_two_processes
 
-from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
+from detr_ssl.cli.pretrain import main as pretrain_main, parse_pretrain_args
 from detr_ssl.datasets.multicrop import Views
 from detr_ssl.engine.checkpoint import load_training_checkpoint
 from detr_ssl.errors import ConfigError
@@ -32,7 +30,8 @@ from detr_ssl.tasks.regioncl import (
     draw_paste_box,
     paste_reversed,
 )
-from runs import copy_photos, scalar_histories
+from pretext_runs import ShortRun
+from runs import scalar_histories
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "regioncl_released"
 META = json.loads((FIXTURE / "meta.json").read_text())
@@ -209,29 +208,11 @@ def test_presets_follow_the_release_and_configure_refuses_what_cannot_run() -> N
             RegionClTask.configure(parse_pretrain_args(["--task", "regioncl", *flags]))
 
 
-def _run_demo_preset(photos: Path, tmp_path: Path, **changes) -> Path:
-    """Pretrains on the first 8 demo photos with one intra-op thread (two competing threads on the shared
-    2-core test machine run slower); returns the run folder."""
-    images = copy_photos(photos, tmp_path / "images", 8)
-    base = RegionClTask.preset_config("demo")
-    run = replace(base.run, output_dir=tmp_path / "run", log_every=1, checkpoint_every=1000)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        pretrain(replace(base, data=replace(base.data, data=images), run=run, **changes))
-    finally:
-        torch.set_num_threads(threads)
-    return run.output_dir
-
-
-def test_pretraining_lowers_the_loss_and_exports_a_backbone(demo_photos: Path, tmp_path: Path) -> None:
-    base = RegionClTask.preset_config("demo")  # 64 px views, resnet18, a one-cell box
-    # Mild views (large crops, no colour jitter): with MoCo v2's, the instance loss on 8 photos stays near
-    # chance for the first hundred steps (as DenseCL's global term does).
-    run = _run_demo_preset(demo_photos, tmp_path,
-                           crops=replace(base.crops, global_scale=(0.8, 1.0), color_strength=0.0),
-                           optim=replace(base.optim, epochs=30, batch_size=8, lr=1e-3, lr_drop=1000),
-                           regioncl=replace(base.regioncl, queue_length=8))  # real keys only after step 1
+def test_pretraining_lowers_the_loss_and_exports_a_backbone(short_pretext_run: ShortRun) -> None:
+    # 64 px views, resnet18, a one-cell box. Mild views (large crops, no colour jitter): with MoCo v2's, the
+    # instance loss on 8 photos stays near chance for the first hundred steps (as DenseCL's global term does).
+    # A queue of one batch: real keys only after step 1.
+    run = short_pretext_run("regioncl").output_dir
     losses = scalar_histories(run)
     assert len(losses["train/loss"]) == 30
     # Step 1 scores against the random initial queue (unusually easy negatives), so it is left out.
@@ -304,14 +285,13 @@ def test_two_processes_of_b_share_the_queue_of_one_process_of_2b(tmp_path: Path)
 
 
 @pytest.mark.slow
+@FORKED_GLOO
 def test_two_process_pretraining_script_runs_under_ddp(tmp_path: Path, demo_photos: Path) -> None:
     out = tmp_path / "pre"
-    script = Path(__file__).resolve().parents[2] / "scripts" / "pretrain.py"
-    result = subprocess.run([*TWO_CPU_PROCESSES, str(script), "--cpu", "--task", "regioncl", "--max-steps", "2",
-                             "--batch-size", "4", "--regioncl.queue-length", "48", "--output-dir", str(out)],
-                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0 and "(2 processes)" in result.stdout, result.stderr[-3000:]
+    stdout = run_main_in_two_processes(pretrain_main, ["--cpu", "--task", "regioncl", "--max-steps", "2",
+                                                       "--batch-size", "4", "--regioncl.queue-length", "48",
+                                                       "--output-dir", str(out)], tmp_path)
+    assert "(2 processes)" in stdout
     # 2 steps x 2 processes x 4 keys on every process (8 if each kept only its own keys).
     assert int(load_training_checkpoint(out / "checkpoint.pth")["model"]["queue.pointer"]) == 16
     assert build_teacher(out / SWAV_LAYOUT_FILE, "resnet18").dim == 512

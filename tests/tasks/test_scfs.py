@@ -5,8 +5,6 @@ refused flags, a pretraining run whose export loads, and two processes sharing t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +14,10 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from launch import FORKED_GLOO, TWO_CPU_PROCESSES, run_in_two_processes
+from launch import FORKED_GLOO, run_in_two_processes, run_main_in_two_processes
 
 from detr_ssl.blocks.momentum import cosine_momentum
-from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
+from detr_ssl.cli.pretrain import main as pretrain_main, parse_pretrain_args
 from detr_ssl.datasets.multicrop import Views
 from detr_ssl.engine.checkpoint import load_training_checkpoint
 from detr_ssl.errors import ConfigError
@@ -27,7 +25,8 @@ from detr_ssl.losses.dino import DinoLoss, teacher_temperature
 from detr_ssl.losses.scfs import search, search_attention
 from detr_ssl.tasks.backbone_pretext import SWAV_LAYOUT_FILE, RunBatches, build_trunk
 from detr_ssl.tasks.scfs import DinoHead, ScfsConfig, ScfsModel, ScfsTask
-from runs import copy_photos, load_exported_trunk, scalar_histories
+from pretext_runs import ShortRun
+from runs import load_exported_trunk, scalar_histories
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "scfs_released"
 META = json.loads((FIXTURE / "meta.json").read_text())
@@ -306,21 +305,10 @@ def test_configure_refuses_what_cannot_run(flags: list[str], message: str) -> No
 # -- training runs -----------------------------------------------------------------------------------------
 
 
-def test_pretraining_lowers_the_loss_and_exports_the_teachers_trunk(demo_photos: Path, tmp_path: Path) -> None:
-    images = copy_photos(demo_photos, tmp_path / "images", 8)
-    base = ScfsTask.preset_config("demo")  # 64 / 32 px crops, resnet18, narrow heads
-    run = replace(base.run, output_dir=tmp_path / "run", log_every=1, checkpoint_every=1000)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        # No temperature warm-up (a warming teacher raises its targets' entropy, and with it the loss) and a
-        # faster teacher: 30 steps show the fall.
-        pretrain(replace(base, data=replace(base.data, data=images), run=run,
-                         crops=replace(base.crops, num_local=2),
-                         optim=replace(base.optim, epochs=30, batch_size=8, lr_drop=1000),
-                         scfs=replace(base.scfs, warmup_teacher_temperature_epochs=0, momentum=0.9)))
-    finally:
-        torch.set_num_threads(threads)
+def test_pretraining_lowers_the_loss_and_exports_the_teachers_trunk(short_pretext_run: ShortRun) -> None:
+    # 64 / 32 px crops (2 local), resnet18, narrow heads; no temperature warm-up (a warming teacher raises its
+    # targets' entropy, and with it the loss) and a faster teacher: 30 steps show the fall.
+    run = short_pretext_run("scfs")
     losses = scalar_histories(run.output_dir)
     assert len(losses["train/loss"]) == 30
     for tag in ("train/loss", "train/loss_c4_local", "train/loss_c5_global"):
@@ -383,14 +371,13 @@ def test_two_processes_of_b_share_the_centres_of_one_process_of_2b(tmp_path: Pat
 
 
 @pytest.mark.slow
+@FORKED_GLOO
 def test_two_process_pretraining_script_runs_under_ddp(tmp_path: Path) -> None:
     out = tmp_path / "pre"
-    script = Path(__file__).resolve().parents[2] / "scripts" / "pretrain.py"
-    result = subprocess.run([*TWO_CPU_PROCESSES, str(script), "--cpu", "--task", "scfs", "--max-steps", "2",
-                             "--batch-size", "2", "--crops.num-local", "2", "--output-dir", str(out)],
-                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0 and "(2 processes)" in result.stdout, result.stderr[-3000:]
+    stdout = run_main_in_two_processes(pretrain_main, ["--cpu", "--task", "scfs", "--max-steps", "2", "--batch-size",
+                                                       "2", "--crops.num-local", "2", "--output-dir", str(out)],
+                                       tmp_path)
+    assert "(2 processes)" in stdout
     state = load_training_checkpoint(out / "checkpoint.pth")["model"]
     assert int(state["batches_seen"]) == 2 and state["dino_loss.center"].abs().sum() > 0
     load_exported_trunk(out / "pretrained.pth", out / SWAV_LAYOUT_FILE)

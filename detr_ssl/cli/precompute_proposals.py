@@ -1,4 +1,8 @@
-"""``scripts/precompute_proposals.py``: fill the proposal cache for an image folder or a COCO JSON."""
+"""``scripts/precompute_proposals.py``: fill the proposal cache for an image folder or a COCO JSON.
+
+Selective search (OpenCV) and the datasets (torch) are imported inside :func:`main`, after parsing
+(start-up: see ``detr_ssl/cli/common.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,11 @@ from pathlib import Path
 
 import tyro
 
-from detr_ssl.datasets.unlabeled import ImageFolderDataset
+from detr_ssl.cli.common import run_main
 from detr_ssl.errors import ConfigError, DataError
-from detr_ssl.proposals.cache import ProposalCache
-from detr_ssl.proposals.precompute import precompute
-from detr_ssl.proposals.selective_search import ProposalMode, ProposalSettings
+from detr_ssl.tasks.options.proposals import ProposalMode
 
-__all__ = ["PrecomputeConfig", "main"]
+__all__ = ["PrecomputeConfig", "cli", "main"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,11 @@ def main(argv: list[str]) -> int:
         raise ConfigError("--image-dir applies only when --images is a COCO JSON file")
     if cfg.cache.exists() and not cfg.cache.is_dir():
         raise DataError(f"{cfg.cache}: --cache must be a folder, this is a file")
+    from detr_ssl.datasets import ImageFolderDataset
+    from detr_ssl.proposals.cache import ProposalCache
+    from detr_ssl.proposals.precompute import precompute
+    from detr_ssl.proposals.selective_search import ProposalSettings
+
     settings = ProposalSettings(resize=cfg.resize, top_k=cfg.top_k, mode=cfg.mode, seed=cfg.seed)
     images = ImageFolderDataset(cfg.images, image_dir=cfg.image_dir)
     cache = ProposalCache(cfg.cache, settings)
@@ -59,3 +66,7 @@ def main(argv: list[str]) -> int:
     summary = precompute(images.image_paths, cache, cfg.workers, progress=cfg.progress)
     print(summary)
     return 1 if summary.failed else 0
+
+
+def cli() -> int:
+    return run_main(main)
