@@ -25,18 +25,7 @@ from PIL import Image
 from torch import Tensor
 
 from detr_ssl.box_ops import cxcywh_to_xyxy, xyxy_to_cxcywh
-from detr_ssl.datasets.sizes import (
-    DEMO_CROP,
-    DEMO_EVAL_SIZE,
-    DEMO_MAX_SIZE,
-    DEMO_TRAIN_SCALES,
-    PAPER_CROP,
-    PAPER_EVAL_SIZE,
-    PAPER_MAX_SIZE,
-    PAPER_TRAIN_SCALES,
-    PRETRAIN_MAX_SIZE,
-    PRETRAIN_TRAIN_SCALES,
-)
+from detr_ssl.datasets.sizes import PAPER_CROP, PAPER_EVAL_SIZE, PAPER_MAX_SIZE, PAPER_TRAIN_SCALES
 
 __all__ = [
     "Compose",
@@ -50,16 +39,6 @@ __all__ = [
     "make_eval_transforms",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "PAPER_TRAIN_SCALES",
-    "PAPER_MAX_SIZE",
-    "PAPER_CROP",
-    "PAPER_EVAL_SIZE",
-    "PRETRAIN_TRAIN_SCALES",
-    "PRETRAIN_MAX_SIZE",
-    "DEMO_TRAIN_SCALES",
-    "DEMO_MAX_SIZE",
-    "DEMO_CROP",
-    "DEMO_EVAL_SIZE",
     "PRE_CROP_MAX_SIZE_FACTOR",
 ]
 

@@ -22,7 +22,7 @@ from torch import Tensor
 from detr_ssl.datasets import collate_detection, make_eval_transforms
 from detr_ssl.datasets.coco import make_target
 from detr_ssl.datasets.image_io import read_rgb_image
-from detr_ssl.datasets.transforms import PAPER_EVAL_SIZE, PAPER_MAX_SIZE
+from detr_ssl.datasets.sizes import PAPER_EVAL_SIZE, PAPER_MAX_SIZE
 from detr_ssl.detector import LoadedDetector, load_detector
 from detr_ssl.evaluation import postprocess
 from detr_ssl.models.outputs import DetectionOutput

@@ -69,6 +69,16 @@ def fold_frozen_batchnorm_(module: nn.Module) -> None:
                 setattr(parent, bn_name, nn.Identity())
 
 
+def inference_ready_(module: nn.Module) -> nn.Module:
+    """Readies, in place, a module that is only ever run without gradients: frozen BNs folded
+    (:func:`fold_frozen_batchnorm_`), eval mode, no parameter requiring a gradient, and channels-last
+    weights, the layout oneDNN's CPU convolutions and max pooling run fastest on (outputs differ by
+    float32 rounding only). Returns ``module``."""
+    fold_frozen_batchnorm_(module)
+    module.eval().requires_grad_(False)
+    return module.to(memory_format=torch.channels_last)
+
+
 class FrozenPrefix:
     """An inference copy of a trunk's leading modules that no gradient reaches: BNs folded, channels-last.
 
@@ -86,10 +96,8 @@ class FrozenPrefix:
         self.names = [name for name, _ in named_modules]
         self._sources = _tensors_of(named_modules)
         self._versions = [tensor._version for tensor in self._sources]
-        self.modules = nn.Sequential(OrderedDict((name, copy.deepcopy(module)) for name, module in named_modules))
-        fold_frozen_batchnorm_(self.modules)
-        self.modules.eval().requires_grad_(False)
-        self.modules.to(memory_format=torch.channels_last)
+        self.modules = inference_ready_(
+            nn.Sequential(OrderedDict((name, copy.deepcopy(module)) for name, module in named_modules)))
 
     def matches(self, named_modules: list[tuple[str, nn.Module]]) -> bool:
         """Whether this copy was made from exactly these modules' current tensors."""

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from detr_ssl.errors import CheckpointError
-from detr_ssl.models.backbone import Backbone, fold_frozen_batchnorm_, frozen_bn
+from detr_ssl.models.backbone import Backbone, frozen_bn, inference_ready_
 from detr_ssl.models.checkpoint_io import load_state_dict_file, trunk_keys
 
 __all__ = ["FrozenEncoder", "Stage", "build_teacher", "load_swav_state_dict", "resnet_arch_of", "resnet_trunk"]
@@ -39,8 +39,8 @@ class FrozenEncoder(nn.Module):
     Frozen for good: no parameter requires a gradient, ``train()`` keeps it in eval mode (normalisation
     uses the checkpoint's statistics) and the forward runs without autograd, so the targets it produces
     are constants of the pretext loss. Being frozen, its FrozenBatchNorm2d layers are folded into their
-    convolutions at construction (see :func:`~detr_ssl.models.backbone.fold_frozen_batchnorm_`): the same function, fewer passes;
-    and it runs in the channels-last memory format, which the convolutions are faster in.
+    convolutions at construction and it runs in the channels-last memory format, which the convolutions
+    are faster in (see :func:`~detr_ssl.models.backbone.inference_ready_`): the same function, fewer passes.
 
     Args:
         trunk: a timm ``features_only`` ResNet (a ``FeatureListNet``) returning a list of maps; taken over
@@ -58,15 +58,12 @@ class FrozenEncoder(nn.Module):
         self.stage = stage
         self._level = names.index(stage)
         self.dim: int = int(trunk.feature_info.channels()[self._level])
-        for later in list(trunk.keys())[list(trunk.keys()).index(stage) + 1:]:
+        stages = list(trunk.keys())
+        for later in stages[stages.index(stage) + 1:]:
             del trunk[later]  # stages after the pooled one (the detector's own backbone has them): never read
+        inference_ready_(trunk)
         self.train(False)
-        fold_frozen_batchnorm_(trunk)
-        # Channels-last weights and activations: oneDNN's CPU convolutions run faster on them (measured on
-        # the teacher forward of a DetReg step, ResNet-18 and ResNet-50); outputs differ by float32 rounding.
-        trunk.to(memory_format=torch.channels_last)
         for param in self.parameters():
-            param.requires_grad_(False)
             param.grad = None
 
     def train(self, mode: bool = True) -> FrozenEncoder:

@@ -10,7 +10,7 @@ import torch
 
 from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
 from detr_ssl.datasets import CocoDetection, demo_detection_dataset, make_eval_transforms
-from detr_ssl.datasets.transforms import DEMO_EVAL_SIZE, DEMO_MAX_SIZE
+from detr_ssl.datasets.sizes import DEMO_EVAL_SIZE, DEMO_MAX_SIZE
 from detr_ssl.errors import ConfigError
 from detr_ssl.evaluation.knn import knn_probe
 from detr_ssl.models.teachers import FrozenEncoder, build_teacher, resnet_trunk

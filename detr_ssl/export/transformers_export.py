@@ -27,7 +27,8 @@ transformers counterpart: a GroupNorm backbone or a Pair DETR is refused with a 
 from __future__ import annotations
 
 from pathlib import Path
-from detr_ssl.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, PAPER_EVAL_SIZE, PAPER_MAX_SIZE
+from detr_ssl.datasets.sizes import PAPER_EVAL_SIZE, PAPER_MAX_SIZE
+from detr_ssl.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detr_ssl.detector import LoadedDetector, load_detector
 from detr_ssl.errors import CheckpointError, ConfigError
 from detr_ssl.models.deformable_detr import DeformableDETR

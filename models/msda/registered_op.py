@@ -19,14 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from detr_ssl.models.msda.pytorch_backend import level_layout, ms_deform_attn_pytorch, sparse_backward, sparse_forward
+from detr_ssl.models.msda.pytorch_backend import level_layout, sparse_backward, sparse_forward
 
 
 @torch.library.custom_op("detr_ssl::ms_deform_attn", mutates_args=())
 def ms_deform_attn_op(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                       sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
-    """`ms_deform_attn_pytorch` as an operator (same contract)."""
-    return ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    """`ms_deform_attn_pytorch` as an operator (same contract; its backward is registered below)."""
+    levels = level_layout(value, spatial_shapes, level_start_index)
+    return sparse_forward(value, sampling_locations, attention_weights, levels)[0]
 
 
 @ms_deform_attn_op.register_fake

@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 from detr_ssl.datasets.coco import make_target
+from detr_ssl.datasets.sizes import PAPER_TRAIN_SCALES
 from detr_ssl.datasets.transforms import (
-    PAPER_TRAIN_SCALES,
     Compose,
     Normalize,
     RandomHorizontalFlip,

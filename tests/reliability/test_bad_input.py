@@ -29,14 +29,8 @@ from detr_ssl.cli import precompute_proposals as precompute_cli
 from detr_ssl.cli.common import run_main
 from detr_ssl.config import LossConfig, PairConfig, demo_finetune
 from detr_ssl.datasets import CocoDetection, ImageFolderDataset, collate_detection, make_train_transforms
-from detr_ssl.datasets.transforms import (
-    DEMO_CROP,
-    DEMO_MAX_SIZE,
-    DEMO_TRAIN_SCALES,
-    PAPER_MAX_SIZE,
-    PRE_CROP_MAX_SIZE_FACTOR,
-    make_eval_transforms,
-)
+from detr_ssl.datasets.sizes import DEMO_CROP, DEMO_MAX_SIZE, DEMO_TRAIN_SCALES, PAPER_MAX_SIZE
+from detr_ssl.datasets.transforms import PRE_CROP_MAX_SIZE_FACTOR, make_eval_transforms
 from detr_ssl.errors import DataError
 from detr_ssl.models.config import model_preset
 from detr_ssl.tasks.supervised import build_supervised
