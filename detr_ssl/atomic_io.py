@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +31,25 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], durable: 
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_alias(source: str | Path, path: str | Path) -> None:
+    """Makes ``path`` a second name of ``source``'s content, atomically: a hard link (no second write of the
+    bytes) where the filesystem allows one, a durable copy where it does not. ``source`` must never be
+    modified in place afterwards (files written by :func:`atomic_write` are only ever replaced)."""
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links here (some network and FAT filesystems)
+        with open(source, "rb") as original:
+            atomic_write(path, lambda handle: shutil.copyfileobj(original, handle), durable=True)
+        return
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

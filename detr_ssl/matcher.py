@@ -117,7 +117,6 @@ class HungarianMatcher(nn.Module):
         positive, negative = focal_terms(class_logits(logits, labels), self.focal)
         return positive - negative
 
-    @torch.no_grad()
     def forward(self, logits: Tensor, boxes: Tensor, targets: list[dict[str, Tensor]]) -> MatchIndices:
         """Matches each image's targets to its queries.
 
@@ -146,7 +145,6 @@ class HungarianMatcher(nn.Module):
         labels, target_boxes = padded_targets(targets, boxes)
         return assign_padded(self.cost_matrix(logits, boxes, labels, target_boxes).cpu(), sizes)
 
-    @torch.no_grad()
     def match_stacked(self, logits: Tensor, boxes: Tensor, targets: list[dict[str, Tensor]]) -> MatchIndices:
         """:meth:`forward` through :meth:`stacked_cost` (what ``forward`` runs on CPU; predictions on another
         device are copied to the host first)."""
@@ -170,7 +168,6 @@ class HungarianMatcher(nn.Module):
             matches.append((torch.from_numpy(query_idx[by_query]), torch.from_numpy(matched)))
         return matches
 
-    @torch.no_grad()
     def stacked_cost(self, logits: Tensor, boxes: Tensor, targets: list[dict[str, Tensor]]) -> np.ndarray:
         """Every target's cost against its own image's queries: a float32 NumPy array ``(sum K_i, Q)`` whose
         ``i``-th block of ``K_i`` rows is image ``i``'s :meth:`cost_matrix`, transposed.
@@ -179,6 +176,10 @@ class HungarianMatcher(nn.Module):
         the long query axis. The box quantities the costs need are computed once per query and once per
         target; then one chain of NumPy operations covers a chunk of rows, whatever images they belong to
         (each row gathers its own image's query quantities), in a few buffers that every chunk reuses.
+
+        It reads detached host copies only, so neither it nor :meth:`match_stacked` (nor :meth:`forward`,
+        whose other path :meth:`match_padded` is decorated) enters ``torch.no_grad()``: switching the grad
+        mode costs a visible share of a small batch's matching.
 
         Raises:
             ValueError: a predicted or target box with a negative width or height.

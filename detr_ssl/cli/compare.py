@@ -33,7 +33,7 @@ import tyro
 
 from detr_ssl.atomic_io import atomic_write_json
 from detr_ssl.cli.common import run_main
-from detr_ssl.cli.finetune_runs import Init, RunProgressLog, TrainingOptions, finished, parse_with_demo
+from detr_ssl.cli.finetune_runs import DEMO_TRAINING, Init, RunProgressLog, TrainingOptions, finished, parse_with_demo
 from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
 from detr_ssl.cli.semisup import SemiSupBenchmark, SemiSupConfig
 from detr_ssl.config import PRETRAINED_FILE
@@ -105,7 +105,7 @@ def demo_compare() -> CompareConfig:
         pretrain_preset="demo", schedule=("0.5=12",), output_dir=Path("outputs/demo-compare"),
         pretrain_flags=("swav=--epochs 40 --lr-drop 32 --crops.color-strength 0.5",
                         "detreg=--epochs 20 --lr-drop 16 --crop-size 64", "pixpro=--epochs 40 --lr-drop 32"),
-        training=TrainingOptions(preset="demo", model_size="tiny", batch_size=4, num_workers=0, checkpoint_every=12),
+        training=DEMO_TRAINING,
     )  # fmt: skip
 
 

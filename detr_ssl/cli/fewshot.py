@@ -26,6 +26,7 @@ import tyro
 
 from detr_ssl.atomic_io import atomic_write_json
 from detr_ssl.cli.finetune_runs import (
+    DEMO_TRAINING,
     Init,
     RunData,
     RunProgressLog,
@@ -86,7 +87,7 @@ def demo_fewshot() -> FewShotConfig:
     return FewShotConfig(
         demo=True, shots=(2, 5), seeds=(0, 1), output_dir=Path("outputs/demo-fewshot"),
         base_epochs=30, base_lr_drop=25, fewshot_epochs=30, fewshot_lr_drop=25,
-        training=TrainingOptions(preset="demo", model_size="tiny", batch_size=4, num_workers=0, checkpoint_every=10),
+        training=DEMO_TRAINING,
     )  # fmt: skip
 
 

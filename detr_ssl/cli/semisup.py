@@ -31,6 +31,7 @@ from typing import Annotated, Any
 import tyro
 
 from detr_ssl.cli.finetune_runs import (
+    DEMO_TRAINING,
     Init,
     RunData,
     RunProgressLog,
@@ -119,7 +120,7 @@ def demo_semisup() -> SemiSupConfig:
     return SemiSupConfig(
         demo=True, fractions=(0.1, 0.25, 0.5), seeds=(42, 43), random_init=True, schedule=("0.5=20",),
         output_dir=Path("outputs/demo-semisup"),
-        training=TrainingOptions(preset="demo", model_size="tiny", batch_size=4, num_workers=0, checkpoint_every=10),
+        training=DEMO_TRAINING,
     )  # fmt: skip
 
 

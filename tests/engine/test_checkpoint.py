@@ -28,6 +28,31 @@ def test_save_keeps_latest_and_last_n(tmp_path: Path) -> None:
     assert ckpt.load_training_checkpoint(tmp_path / "checkpoint.pth")["epoch"] == 4
 
 
+def test_latest_is_the_epoch_file_written_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[object] = []
+    real_save = torch.save
+    monkeypatch.setattr(ckpt.torch, "save", lambda obj, handle: writes.append(obj) or real_save(obj, handle))
+    ckpt.save_training_checkpoint(_state(1), tmp_path, 1, keep_last=1)
+    ckpt.save_training_checkpoint(_state(2), tmp_path, 2, keep_last=1)  # prunes epoch 1's file
+    assert len(writes) == 2
+    latest, epoch_file = tmp_path / "checkpoint.pth", tmp_path / "checkpoint_0002.pth"
+    assert latest.read_bytes() == epoch_file.read_bytes()
+    epoch_file.unlink()  # pruning the epoch file later leaves the latest readable
+    assert ckpt.load_training_checkpoint(latest)["epoch"] == 2
+
+
+def test_latest_is_copied_where_hard_links_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(source, target):
+        raise OSError("operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    ckpt.save_training_checkpoint(_state(1), tmp_path, 1, keep_last=1)
+    ckpt.save_training_checkpoint(_state(2), tmp_path, 2, keep_last=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "checkpoint_0002.pth"]
+    assert ckpt.load_training_checkpoint(tmp_path / "checkpoint.pth")["epoch"] == 2
+    assert (tmp_path / "checkpoint.pth").stat().st_ino != (tmp_path / "checkpoint_0002.pth").stat().st_ino
+
+
 def test_failed_write_leaves_previous_checkpoint_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "checkpoint.pth"
     ckpt.atomic_torch_save(_state(1), path)
