@@ -18,6 +18,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detr_ssl.errors import CheckpointError
 from detr_ssl.models.checkpoint_io import load_state_dict_file, trunk_keys
+from detr_ssl.models.eager import running_eagerly
 
 BackboneNorm = Literal["frozen_bn", "group_norm"]
 
@@ -129,12 +130,6 @@ def _tensors_of(named_modules: list[tuple[str, nn.Module]]) -> list[Tensor]:
             for tensor in (*module.parameters(), *module.buffers())]
 
 
-def _eager() -> bool:
-    """False while torch.compile, torch.export or a TorchScript/ONNX trace records the model: they see the
-    plain modules (and do their own fusions)."""
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
-
-
 class Backbone(nn.Module):
     """A timm ResNet truncated to its last ``num_levels`` stages (C5, C4, C3 ... strides 32, 16, 8).
 
@@ -190,7 +185,7 @@ class Backbone(nn.Module):
         frozen = 0
         while frozen < len(modules) and not any(p.requires_grad for p in modules[frozen][1].parameters()):
             frozen += 1
-        if frozen == 0 or images.requires_grad or self.body.grad_checkpointing or not _eager():
+        if frozen == 0 or images.requires_grad or self.body.grad_checkpointing or not running_eagerly():
             return self.body(images)
         if self._frozen_prefix is None or not self._frozen_prefix.matches(modules[:frozen]):
             self._frozen_prefix = FrozenPrefix(modules[:frozen])

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from detr_ssl.models.dropout import Dropout
 from detr_ssl.models.msda import MSDeformAttn
 
 
@@ -45,8 +46,8 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(d_model, ffn_dim), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(ffn_dim, d_model), nn.Dropout(dropout),
+            nn.Linear(d_model, ffn_dim), nn.ReLU(inplace=True), Dropout(dropout),
+            nn.Linear(ffn_dim, d_model), Dropout(dropout),
         )
         self.norm = nn.LayerNorm(d_model)
 
@@ -61,7 +62,7 @@ class EncoderLayer(nn.Module):
                  n_points: int, backend: str) -> None:
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=backend)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
 
@@ -112,10 +113,10 @@ class DecoderLayer(nn.Module):
                  n_points: int, backend: str) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.dropout_self = nn.Dropout(dropout)
+        self.dropout_self = Dropout(dropout)
         self.norm_self = nn.LayerNorm(d_model)
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=backend)
-        self.dropout_cross = nn.Dropout(dropout)
+        self.dropout_cross = Dropout(dropout)
         self.norm_cross = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
 

@@ -99,13 +99,29 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(n, queries, heads, levels * points).softmax(-1)
         weights = weights.view(n, queries, heads, levels, points)
 
-        reference = reference_points[:, :, None, :, None, :]  # (N, Lq, 1, L, 1, 2 or 4)
+        reference = over_points(reference_points, points)  # (N, Lq, 1, L, P, 2 or 4)
         if reference_points.shape[-1] == 2:
             pixels = input_spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
-            locations = reference + offsets / pixels[:, None, :]
+            # out of place: under autocast the offsets are half precision, the sum float32 like the reference
+            locations = reference + offsets / pixels[:, None, :].expand(levels, points, 2).contiguous()
         else:
-            locations = reference[..., :2] + offsets * reference[..., 2:] * (0.5 / points)
+            locations = offsets * reference[..., 2:]
+            locations *= 0.5 / points
+            locations += reference[..., :2]
 
         out = multi_scale_deformable_attention(value, input_spatial_shapes, input_level_start_index,
                                                locations, weights, backend=self.backend)
         return self.output_proj(out)
+
+
+def over_points(per_level: Tensor, points: int) -> Tensor:
+    """``(N, Lq, L, K)`` -> ``(N, Lq, 1, L, P, K)``: each level's value repeated for its ``P`` points, in
+    memory.
+
+    Operands of the ``(N, Lq, M, L, P, 2)`` location arithmetic are spelled out over the trailing
+    dimensions they broadcast along, so that the elementwise kernels run along the contiguous ``L * P * 2``
+    innermost values: broadcast along ``P`` as well, their innermost loop is the last dimension's two
+    values, and such short loops made these few operations several times slower than their size.
+    """
+    n, queries, levels, size = per_level.shape
+    return per_level[:, :, None, :, None, :].expand(n, queries, 1, levels, points, size).contiguous()

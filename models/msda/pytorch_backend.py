@@ -118,9 +118,21 @@ def _index_dtype(*sizes: int) -> torch.dtype:
     return torch.int32 if max(sizes) < 2**31 - 1 else torch.int64
 
 
-def _level_sizes(levels: _Levels, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``(L, 1, 2)`` level ``(W, H)``: broadcasts against ``(..., L, P, 2)`` locations."""
-    return torch.tensor([[w, h] for h, w in levels.shapes], dtype=dtype, device=device).view(-1, 1, 2)
+def _spelled_out(small: Tensor, *shape: int) -> Tensor:
+    """``small`` expanded to ``shape`` and copied into memory (a few hundred values at most).
+
+    The point tensors are ``(..., M, L, P, 2)``. An operand that broadcasts along ``P`` or ``M`` makes the
+    elementwise kernels loop over runs of just two (or ``P``) values, and such short loops made those
+    operations several times slower than their size; spelled out over the trailing dimensions, it lets
+    them run along ``M * L * P * 2`` contiguous values.
+    """
+    return small.expand(*shape).contiguous()
+
+
+def _level_sizes(levels: _Levels, dtype: torch.dtype, device: torch.device, heads: int, points: int) -> Tensor:
+    """``(M, L, P, 2)`` level ``(W, H)``, against ``(..., M, L, P, 2)`` locations (see `_spelled_out`)."""
+    sizes = torch.tensor([[w, h] for h, w in levels.shapes], dtype=dtype, device=device)
+    return _spelled_out(sizes.view(1, -1, 1, 2), heads, len(levels.shapes), points, 2)
 
 
 def _taps(levels: _Levels, locations: Tensor, attention: Tensor) -> _Taps:
@@ -131,22 +143,25 @@ def _taps(levels: _Levels, locations: Tensor, attention: Tensor) -> _Taps:
     itype = _index_dtype(rows, n * queries * heads * n_levels * points * _CORNERS + 1)
 
     # Pixel coordinates in the padded map: pixel i's centre, normalised (i + 0.5) / W, lands on i + _PAD.
-    cell, frac = bilinear_cells(locations, _level_sizes(levels, locations.dtype, device), shift=_PAD)
+    sizes = _level_sizes(levels, locations.dtype, device, heads, points)
+    cell, frac = bilinear_cells(locations, sizes, shift=_PAD)
     # Integer clamp (after the cast): also tames inf/NaN, whose cast is arbitrary, into the zero border.
     low = torch.zeros((), dtype=itype, device=device)
-    cell = cell.to(itype).clamp_(low, _level_sizes(levels, itype, device) + _PAD)
+    cell = cell.to(itype).clamp_(low, sizes.to(itype) + _PAD)
 
     row_stride = [(w + 2 * _PAD) * heads for _, w in levels.shapes]  # padded rows: W + 2*_PAD pixels of M heads
-    top_left = cell[..., 1] * torch.tensor(row_stride, dtype=itype, device=device).view(-1, 1)
+    top_left = cell[..., 1] * _spelled_out(torch.tensor(row_stride, dtype=itype, device=device).view(-1, 1),
+                                           n_levels, points)
     top_left.add_(cell[..., 0], alpha=heads)
-    top_left += (  # first row of image n, head m, level l: (N, 1, M, L, 1)
+    top_left += _spelled_out(  # first row of image n, head m, level l
         torch.arange(n, dtype=itype, device=device).view(n, 1, 1, 1, 1) * (levels.padded_length * heads)
         + torch.arange(heads, dtype=itype, device=device).view(1, 1, heads, 1, 1)
-        + (torch.tensor(levels.padded_starts, dtype=itype, device=device) * heads).view(1, 1, 1, n_levels, 1)
-    )
+        + (torch.tensor(levels.padded_starts, dtype=itype, device=device) * heads).view(1, 1, 1, n_levels, 1),
+        n, 1, heads, n_levels, points)
     corner_offsets = torch.tensor([[0, heads, s, s + heads] for s in row_stride], dtype=itype, device=device)
     index = top_left.new_empty((n, queries, heads, _CORNERS, n_levels, points))
-    torch.add(top_left.unsqueeze(3), corner_offsets.t().view(_CORNERS, n_levels, 1), out=index)
+    torch.add(top_left.unsqueeze(3), _spelled_out(corner_offsets.t().view(_CORNERS, n_levels, 1), _CORNERS,
+                                                  n_levels, points), out=index)
 
     frac_x, frac_y = frac[..., 0], frac[..., 1]
     bottom = attention * frac_y  # attention x vertical bilinear weight of the bottom / top row
@@ -221,9 +236,10 @@ def _point_grads(dots: Tensor, frac: Tensor, attention: Tensor, levels: _Levels,
     grad_attention = torch.lerp(top, bottom, frac_y) if need_attention else None
     grad_locations = None
     if need_locations:
-        grad_x = torch.lerp(g[1] - g[0], g[3] - g[2], frac_y)
-        grad_frac = torch.stack((grad_x, bottom.sub_(top)), dim=-1).mul_(attention.unsqueeze(-1))
-        grad_locations = grad_frac.mul_(_level_sizes(levels, frac.dtype, frac.device))  # d frac / d loc = (W, H)
+        grad_x = torch.lerp(g[1] - g[0], g[3] - g[2], frac_y).mul_(attention)
+        grad_frac = torch.stack((grad_x, bottom.sub_(top).mul_(attention)), dim=-1)
+        grad_locations = grad_frac.mul_(  # d frac / d loc = (W, H)
+            _level_sizes(levels, frac.dtype, frac.device, heads=frac.shape[2], points=frac.shape[4]))
     return grad_locations, grad_attention
 
 
