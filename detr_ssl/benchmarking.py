@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -41,14 +42,20 @@ CPU = torch.device("cpu")
 def time_interleaved(calls: dict[str, Callable[[], object]], warmup: int, repeats: int,
                      device: torch.device = CPU) -> tuple[dict[str, list[float]], float | None]:
     """Milliseconds per run of each call (``repeats`` each after ``warmup`` untimed runs), interleaved run
-    by run; and the share of the machine's CPU time other processes used meanwhile (None off Linux)."""
+    by run; and the share of the machine's CPU time other processes used meanwhile (None off Linux).
+
+    Each round runs the calls in a new (seeded) random order: a call of a few hundred microseconds runs
+    measurably slower right after some peers (their work leaves the caches cold), and a fixed order
+    charged that to the same call every time."""
     for call in calls.values():
         for _ in range(warmup):
             call()
     times: dict[str, list[float]] = {name: [] for name in calls}
+    order, shuffler = list(calls.items()), random.Random(0)
     before = cpu_times()
     for _ in range(repeats):
-        for name, call in calls.items():
+        shuffler.shuffle(order)
+        for name, call in order:
             sync(device)
             start = time.perf_counter()
             call()
