@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "AREA_EPS",
     "box_area",
     "box_iou",
     "check_xyxy",
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 #: Floor for union and enclosing areas, so degenerate (zero-area) boxes give finite values instead of NaN.
-_AREA_EPS = 1e-7
+AREA_EPS = 1e-7
 
 
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
@@ -107,7 +108,7 @@ def _overlap(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     intersection = overlap_w.clamp(min=0) * overlap_h.clamp(min=0)
     union = (width_a * height_a + width_b * height_b) - intersection
     enclosing = (width_a + width_b - overlap_w) * (height_a + height_b - overlap_h)
-    return intersection, union.clamp(min=_AREA_EPS), enclosing.clamp(min=_AREA_EPS)
+    return intersection, union.clamp(min=AREA_EPS), enclosing.clamp(min=AREA_EPS)
 
 
 def _giou(intersection: Tensor, union: Tensor, enclosing: Tensor) -> Tensor:

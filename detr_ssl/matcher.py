@@ -33,7 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from detr_ssl.box_ops import _AREA_EPS, cxcywh_to_xyxy, generalized_box_iou
+from detr_ssl.box_ops import AREA_EPS, cxcywh_to_xyxy, generalized_box_iou
 from detr_ssl.errors import NonFiniteError
 from detr_ssl.losses.focal import FocalParams, focal_terms
 from detr_ssl.losses.output import MatchIndices
@@ -200,7 +200,7 @@ class HungarianMatcher(nn.Module):
             if min(smallest_width, smallest_height) < 0:
                 raise ValueError("predicted or target boxes are not valid cxcywh boxes: they have a negative width "
                                  "or height")
-            floor_areas = smallest_area < _AREA_EPS
+            floor_areas = smallest_area < AREA_EPS
             features[:4] *= np.float32(self.cost_bbox)
             per_image = features[:, :predicted].reshape(_FEATURES, batch, num_queries)
             for start in range(0, len(image), rows):
@@ -296,8 +296,8 @@ def _giou_into(query: np.ndarray, target: np.ndarray, floor_areas: bool, enclosi
     union = sums[0]
     union -= intersection
     if floor_areas:
-        np.maximum(union, np.float32(_AREA_EPS), out=union)
-        np.maximum(enclosing, np.float32(_AREA_EPS), out=enclosing)
+        np.maximum(union, np.float32(AREA_EPS), out=union)
+        np.maximum(enclosing, np.float32(AREA_EPS), out=enclosing)
     intersection /= union
     union /= enclosing
     intersection += union
