@@ -50,7 +50,11 @@ def load_datasets(data: DataConfig) -> tuple[CocoDetection, CocoDetection]:
 def initial_model_config(cfg: FinetuneConfig, pretrained: Any = None) -> ModelConfig:
     """The model config with the initialisation's consequences: backbone weights from --backbone-init,
     and the backbone normalisation the loaded --pretrained checkpoint was trained with (loading frozen-BN
-    statistics into GroupNorm layers, or the reverse, would silently compute something else)."""
+    statistics into GroupNorm layers, or the reverse, would silently compute something else).
+
+    A preset that trains its backbone from scratch (GroupNorm, no frozen stage: the tiny one) given a
+    pretrained frozen-BN backbone this way also freezes the stem and layer1, as the released Deformable
+    DETR (and DetReg's fine-tuning on it) does with every pretrained backbone."""
     from detr_ssl.engine.checkpoint import checkpoint_backbone_norm
 
     model = with_backbone_init(cfg.model, cfg.backbone_init)
@@ -59,6 +63,12 @@ def initial_model_config(cfg: FinetuneConfig, pretrained: Any = None) -> ModelCo
         if norm is not None and norm != model.backbone_norm:
             print(f"{cfg.pretrained}: backbone normalisation {norm} (as pretrained) instead of {model.backbone_norm}")
             model = replace(model, backbone_norm=norm)
+    from_scratch = cfg.model.backbone_norm == "group_norm" and cfg.model.backbone_frozen_stages == 0
+    if from_scratch and model.backbone_norm == "frozen_bn":
+        frozen = ModelConfig.backbone_frozen_stages
+        stages = ", ".join(f"layer{i}" for i in range(1, frozen + 1))
+        print(f"pretrained frozen-BN backbone: the stem and {stages} stay frozen, as in the released Deformable DETR")
+        model = replace(model, backbone_frozen_stages=frozen)
     return model
 
 

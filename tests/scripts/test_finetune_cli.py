@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from detr_ssl.cli.common import run_main
-from detr_ssl.cli.finetune import main
+from detr_ssl.cli.finetune import initial_model_config, main
+from detr_ssl.config import FINETUNE_PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,3 +82,20 @@ def test_invalid_boxes_stop_the_run_unless_dropped_on_the_command_line(make_coco
     with pytest.warns(UserWarning, match="1 annotation"):
         assert run_main(main, [*flags, "--on-invalid-box", "drop"]) == 0
     assert (tmp_path / "out" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(("preset", "backbone_init", "checkpoint_norm", "frozen"), [
+    ("demo", None, None, 0),  # trained from scratch: every stage trains
+    ("demo", Path("swav.pth"), None, 1),  # a pretrained backbone: stem and layer1 frozen, as released
+    ("demo", None, "frozen_bn", 1),  # a frozen-BN pretrained detector (DetReg): the same
+    ("demo", None, "group_norm", 0),  # a GroupNorm one keeps training from its own start
+    ("paper", None, "frozen_bn", 1),  # the paper preset already freezes them
+])
+def test_a_pretrained_frozen_bn_backbone_keeps_the_stem_and_layer1_frozen(
+        preset: str, backbone_init: Path | None, checkpoint_norm: str | None, frozen: int) -> None:
+    cfg = replace(FINETUNE_PRESETS[preset](), backbone_init=backbone_init)
+    checkpoint = None if checkpoint_norm is None else {"config": {"backbone_norm": checkpoint_norm}}
+    model = initial_model_config(cfg, checkpoint)
+    assert model.backbone_frozen_stages == frozen
+    expected_norm = checkpoint_norm or ("frozen_bn" if backbone_init is not None or preset == "paper" else "group_norm")
+    assert model.backbone_norm == expected_norm
