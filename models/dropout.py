@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
@@ -23,9 +25,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     63 random bits: the top quarter's sign bit is always 0, so every quarter keeps its 15 low bits), four
     elements per draw.
     """
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_()
     quarters = words.view(torch.int16)[:count].bitwise_and_(_LEVELS - 1)
     return (quarters >= round(p * _LEVELS)).view(shape)

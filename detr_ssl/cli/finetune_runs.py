@@ -62,12 +62,12 @@ class TrainingOptions:
     cpu: Annotated[bool, _finetune_help(RunConfig, "cpu")] = RunConfig.cpu
 
 
-
 #: The demo drivers' runs: the tiny model on the demo preset, no loader workers (the demo's epochs are a few
 #: batches, which worker start-up would dominate), and a checkpoint every 50 epochs (the runs take seconds
 #: to a minute, and each checkpoint writes the optimizer state too: a save every few seconds cost a visible
 #: share of them; an interrupted run still resumes from its last one).
 DEMO_TRAINING = TrainingOptions(preset="demo", model_size="tiny", batch_size=4, num_workers=0, checkpoint_every=50)
+
 
 @dataclass(frozen=True)
 class Init:
