@@ -85,11 +85,21 @@ def calls(matcher: HungarianMatcher, logits: Tensor, boxes: Tensor, targets: Tar
             DETR_REFERENCE: partial(detr_reference, matcher, *inputs), PER_IMAGE: partial(per_image_loop, matcher, *inputs)}
 
 
+def repeated(call: Callable[[], MatchIndices], times: int) -> Callable[[], None]:
+    """``call`` made ``times`` times in a row: the matchings of one training step."""
+
+    def calls() -> None:
+        for _ in range(times):
+            call()
+
+    return calls
+
+
 def measure(sizes: Sequence[tuple[int, int, int]], classes: int, device: torch.device, warmup: int, repeats: int,
-            seed: int, bench: BenchRun) -> list[dict[str, object]]:
+            seed: int, bench: BenchRun, per_step: int = 1) -> list[dict[str, object]]:
     """Per size (batch, queries, most targets): every method's total assignment cost (all must agree) and
-    median ms, timed interleaved (recorded in ``bench`` under the size's label), and our speed-up against
-    each other method."""
+    median ms per matching, timed ``per_step`` calls at a time, interleaved (recorded in ``bench`` under the
+    size's label, per matching), and our speed-up against each other method."""
     matcher = HungarianMatcher()
     rows = []
     for batch, queries, max_targets in sizes:
@@ -102,7 +112,9 @@ def measure(sizes: Sequence[tuple[int, int, int]], classes: int, device: torch.d
         spread = max(costs.values()) - min(costs.values())
         if spread > COST_TOLERANCE * max(1.0, abs(costs[PER_IMAGE])):
             raise RuntimeError(f"{label}: the methods' total assignment costs differ: {costs}")
-        times, load = time_interleaved(methods, warmup, repeats, device)
+        steps = {name: repeated(run, per_step) for name, run in methods.items()}
+        step_times, load = time_interleaved(steps, warmup, repeats, device)
+        times = {name: [value / per_step for value in values] for name, values in step_times.items()}
         bench.record(label, times, load)
         medians = {name: statistics.median(values) for name, values in times.items()}
         rows.append({"size": label, "batch": batch, "queries": queries, "max_targets": max_targets,

@@ -7,7 +7,7 @@ backbone-only baseline at every label fraction and seed on the folds and schedul
 unfinished one resumes from its checkpoint when the command is run again. Behind ``--launcher`` (e.g.
 ``accelerate launch --num_processes 8``) every stage is its own process (``... -m detr_ssl.cli.compare ...
 --stage K``), and a cluster can run independent stages as separate jobs; without one, only the pretraining
-stages are.
+stages are. With ``--jobs N``, N stages that do not wait on each other run side by side.
 
 A pretraining stage also measures what it made: the k-NN probe of its backbone (every method) and the
 class-agnostic recall of its own boxes (detector pretexts), and its wall time and peak memory.
@@ -18,6 +18,7 @@ Torch is imported only where a stage runs (start-up: see ``detr_ssl/cli/common.p
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import resource
@@ -33,8 +34,16 @@ import tyro
 
 from detr_ssl.atomic_io import atomic_write_json
 from detr_ssl.cli.common import run_main
-from detr_ssl.cli.finetune_runs import DEMO_TRAINING, Init, RunProgressLog, TrainingOptions, finished, parse_with_demo
+from detr_ssl.cli.finetune_runs import (
+    CONSOLE_LOG,
+    DEMO_TRAINING,
+    Init,
+    TrainingOptions,
+    finished,
+    parse_with_demo,
+)
 from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
+from detr_ssl.cli.run_pool import Job, run_jobs
 from detr_ssl.cli.semisup import SemiSupBenchmark, SemiSupConfig
 from detr_ssl.config import PRETRAINED_FILE
 from detr_ssl.datasets import demo_detection_dataset
@@ -166,10 +175,16 @@ class Comparison:
         labelled = labelled_images(self.finetuning.num_images, stage.fraction)
         return epochs * math.ceil(labelled / self.cfg.training.batch_size)
 
+    def stage_dir(self, stage: Stage) -> Path:
+        """The folder a stage writes into."""
+        if isinstance(stage, PretrainStage):
+            return stage.output_dir(self.root)
+        return self.root / "finetune" / stage.run_name
+
     def is_finished(self, stage: Stage) -> bool:
         if isinstance(stage, PretrainStage):
-            return (stage.output_dir(self.root) / STAGE_FILE).is_file()
-        return finished(self.root / "finetune" / stage.run_name / "metrics.json") is not None
+            return (self.stage_dir(stage) / STAGE_FILE).is_file()
+        return finished(self.stage_dir(stage) / "metrics.json") is not None
 
     # -- running ---------------------------------------------------------------------------------------
 
@@ -203,10 +218,10 @@ class Comparison:
         pretrained, backbone = init_paths(stage.method, self.root / "pretrain")
         init = Init(stage.method.name, pretrained=pretrained, backbone=backbone)
         fold = write_fraction(self.cfg.train_json, self.root / "finetune" / "folds", stage.fraction, stage.seed)
-        self.finetuning.run_one(stage.fraction, stage.seed, fold.json_path, init, RunProgressLog(1))
+        self.finetuning.train_one(stage.fraction, stage.seed, fold.json_path, init)
 
     def runs_in_driver(self, stage: Stage) -> bool:
-        """Without a launcher, fine-tunes run one after another in the driver's process, as
+        """Without a launcher, fine-tunes run in the driver's process (or its ``--jobs`` workers), as
         ``scripts/semisup.py`` runs them: a new interpreter per run would add seconds of start-up to each.
         A pretraining always gets a process of its own, so the peak memory it records is its own."""
         return isinstance(stage, FinetuneStage) and not self.cfg.launcher
@@ -248,19 +263,41 @@ def compare(cfg: CompareConfig, argv: list[str]) -> dict[str, Any] | None:
         comparison.run_stage(cfg.stage)
         return None
     if not cfg.report:
-        for number, stage in enumerate(comparison.plan.stages, start=1):
-            label = f"[{number}/{len(comparison.plan.stages)}] {stage.label}"
-            if comparison.is_finished(stage):
-                print(f"{label}: finished before, skipped", flush=True)
-                continue
-            print(f"{label}: running", flush=True)
-            if comparison.runs_in_driver(stage):
-                comparison.run_stage(number)
-                continue
-            result = subprocess.run(stage_command(cfg, argv, number), check=False)
-            if result.returncode != 0:
-                raise ConfigError(f"{label} failed (exit status {result.returncode}); rerun to resume it")
+        run_stages(comparison, argv)
     return write_comparison_report(comparison)
+
+
+def run_stages(comparison: Comparison, argv: list[str]) -> None:
+    """Every unfinished stage of the plan, ``--jobs`` at a time, each once the stages it needs have finished."""
+    stages = comparison.plan.stages
+    jobs, started = [], {}
+    for number, stage in enumerate(stages, start=1):
+        label = f"[{number}/{len(stages)}] {stage.label}"
+        if comparison.is_finished(stage):
+            print(f"{label}: finished before, skipped", flush=True)
+            continue
+        needs = tuple(str(stages.index(need) + 1) for need in comparison.plan.needs(stage))
+        jobs.append(Job(str(number), label, functools.partial(run_stage_job, comparison, argv, number),
+                        comparison.stage_dir(stage) / CONSOLE_LOG, needs))
+
+    def start(job: Job) -> None:
+        started[job.key] = time.monotonic()
+        print(f"{job.label}: running", flush=True)
+
+    def done(job: Job, _: None) -> None:
+        print(f"{job.label}: done in {(time.monotonic() - started.pop(job.key)) / 60:.1f} min", flush=True)
+
+    run_jobs(jobs, comparison.cfg.training.jobs, start, done)
+
+
+def run_stage_job(comparison: Comparison, argv: list[str], number: int) -> None:
+    """Stage ``number``: in this process (a fine-tune without a launcher), else as a process of its own."""
+    if comparison.runs_in_driver(comparison.plan.stage(number)):
+        comparison.run_stage(number)
+        return
+    result = subprocess.run(stage_command(comparison.cfg, argv, number), check=False)
+    if result.returncode != 0:
+        raise ConfigError(f"stage {number} exited with status {result.returncode}; rerun to resume it")
 
 
 def main(argv: list[str]) -> int:

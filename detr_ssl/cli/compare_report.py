@@ -98,7 +98,7 @@ def _finetune_runs(comparison: Comparison) -> list[dict[str, Any]]:
     """The record of every finished fine-tune, in plan order."""
     runs = []
     for stage in comparison.plan.finetuning:
-        metrics = finished(comparison.root / "finetune" / stage.run_name / "metrics.json")
+        metrics = finished(comparison.stage_dir(stage) / "metrics.json")
         if metrics is not None:
             runs.append({"fraction": stage.fraction, "init": stage.method.name, "seed": stage.seed,
                          "dir": f"finetune/{stage.run_name}", "metrics": metrics})

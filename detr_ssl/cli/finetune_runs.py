@@ -60,13 +60,21 @@ class TrainingOptions:
     checkpoint_every: Annotated[int, _finetune_help(RunConfig, "checkpoint_every")] = 10
     max_steps: Annotated[int | None, _finetune_help(RunConfig, "max_steps")] = RunConfig.max_steps
     cpu: Annotated[bool, _finetune_help(RunConfig, "cpu")] = RunConfig.cpu
+    jobs: int = 1
+    """Runs side by side, in worker processes that share the CPU threads; a run that needs another's result
+    waits for it. On a CPU, 2 finishes a set of small runs sooner than 1 (each run's output then goes to
+    console.log in its folder)."""
 
 
 #: The demo drivers' runs: the tiny model on the demo preset, no loader workers (the demo's epochs are a few
-#: batches, which worker start-up would dominate), and a checkpoint every 50 epochs (the runs take seconds
+#: batches, which worker start-up would dominate), a checkpoint every 50 epochs (the runs take seconds
 #: to a minute, and each checkpoint writes the optimizer state too: a save every few seconds cost a visible
-#: share of them; an interrupted run still resumes from its last one).
-DEMO_TRAINING = TrainingOptions(preset="demo", model_size="tiny", batch_size=4, num_workers=0, checkpoint_every=50)
+#: share of them; an interrupted run still resumes from its last one), and two runs side by side.
+DEMO_TRAINING = TrainingOptions(preset="demo", model_size="tiny", batch_size=4, num_workers=0, checkpoint_every=50,
+                                jobs=2)
+
+#: Where a run's output goes when it runs in a worker (``--jobs`` above 1).
+CONSOLE_LOG = "console.log"
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,9 @@ def parse_with_demo(config_cls: type[C], demo_default: Callable[[], C], argv: li
 
 
 def check_single_process() -> None:
-    """The runs follow each other in one process, and each `finetune` ends by destroying the process group,
-    so a multi-process launch cannot work: say so instead of failing in the second run."""
+    """The runs follow each other in one process (or in each ``--jobs`` worker), and each `finetune` ends by
+    destroying the process group, so a multi-process launch cannot work: say so instead of failing in the
+    second run."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("run the benchmark with plain `python` (one process): `accelerate launch` with several "
                           "processes is not supported")
@@ -148,22 +157,25 @@ def finished(result_file: Path) -> Any | None:
 
 
 class RunProgressLog:
-    """Prints one line when each run of a benchmark starts, is skipped, or ends (with its duration)."""
+    """Prints one line when each run of a benchmark starts, is skipped, or ends (with its duration); runs
+    may overlap (``--jobs``), so each is known by its label."""
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self.index = 0
-        self.started = 0.0
+        self.count = 0
+        self.started: dict[str, tuple[int, float]] = {}
+        """label -> (its number, when it started)"""
 
-    def start(self, label: str) -> None:
-        self.index += 1
-        self.started = time.monotonic()
-        print(f"[{self.index}/{self.total}] {label}: running", flush=True)
+    def start(self, label: str, detail: str = "") -> None:
+        self.count += 1
+        self.started[label] = (self.count, time.monotonic())
+        print(f"[{self.count}/{self.total}] {label}{detail}: running", flush=True)
 
     def skip(self, label: str, summary: str) -> None:
-        self.index += 1
-        print(f"[{self.index}/{self.total}] {label}: finished before, skipped ({summary})", flush=True)
+        self.count += 1
+        print(f"[{self.count}/{self.total}] {label}: finished before, skipped ({summary})", flush=True)
 
     def done(self, label: str, summary: str) -> None:
-        minutes = (time.monotonic() - self.started) / 60
-        print(f"[{self.index}/{self.total}] {label}: done in {minutes:.1f} min ({summary})", flush=True)
+        number, started = self.started.pop(label)
+        minutes = (time.monotonic() - started) / 60
+        print(f"[{number}/{self.total}] {label}: done in {minutes:.1f} min ({summary})", flush=True)

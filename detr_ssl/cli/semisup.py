@@ -22,6 +22,7 @@ skipped on a rerun and unfinished ones resume from their checkpoint.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Annotated, Any
 import tyro
 
 from detr_ssl.cli.finetune_runs import (
+    CONSOLE_LOG,
     DEMO_TRAINING,
     Init,
     RunData,
@@ -45,6 +47,7 @@ from detr_ssl.cli.finetune_runs import (
 from detr_ssl.cli.common import run_main
 from detr_ssl.cli.finetune import finetune
 from detr_ssl.cli.pretrain import parse_pretrain_args, pretrain
+from detr_ssl.cli.run_pool import Job, run_jobs
 from detr_ssl.config import PRETRAINED_FILE, to_plain
 from detr_ssl.datasets import demo_detection_dataset
 from detr_ssl.datasets.coco_json import read_json
@@ -58,6 +61,8 @@ from detr_ssl.tasks.options.backbone import SWAV_LAYOUT_FILE
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "ap_vs_fraction.png"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+CHAIN_KEY = "pretraining chain"
+"""The job key of the pretraining chain's last step."""
 
 
 @dataclass(frozen=True)
@@ -199,22 +204,30 @@ def step_argv(step: PretrainStep, output_dir: Path, data: RunData, previous: Pat
     return argv
 
 
-def run_chain(chain: Sequence[PretrainStep], data: RunData, root: Path) -> Init:
-    """Runs the chain's steps in order (a step whose ``pretrained.pth`` exists is skipped); the last
-    step's detector is the returned initialisation, named after its task."""
+def chain_jobs(chain: Sequence[PretrainStep], data: RunData, root: Path) -> tuple[list[Job], Init]:
+    """The chain's unfinished steps as jobs, each needing the one before (a step whose ``pretrained.pth``
+    exists has finished and is left out), and the initialisation the chain makes: the last step's detector,
+    named after its task. A fine-tune of it needs the job keyed ``CHAIN_KEY``."""
     if not chain:
         raise ConfigError("the pretraining chain is empty")
+    jobs: list[Job] = []
     previous: Path | None = None
     for index, step in enumerate(chain, start=1):
         output_dir = root / f"{index}-{step.task}"
         label = f"pretraining step {index}/{len(chain)}: {step.task}"
+        key = CHAIN_KEY if index == len(chain) else output_dir.name
         if (output_dir / PRETRAINED_FILE).is_file():
             print(f"{label}: finished before, skipped", flush=True)
         else:
-            print(f"{label}: running", flush=True)
-            pretrain(parse_pretrain_args(step_argv(step, output_dir, data, previous)))
+            argv = step_argv(step, output_dir, data, previous)
+            needs = (jobs[-1].key,) if jobs else ()
+            jobs.append(Job(key, label, functools.partial(run_pretrain, argv), output_dir / CONSOLE_LOG, needs))
         previous = output_dir
-    return Init(chain[-1].task, pretrained=previous / PRETRAINED_FILE)
+    return jobs, Init(chain[-1].task, pretrained=previous / PRETRAINED_FILE)
+
+
+def run_pretrain(argv: list[str]) -> None:
+    pretrain(parse_pretrain_args(argv))
 
 
 # -- the plot ----------------------------------------------------------------------------------------
@@ -269,37 +282,63 @@ class SemiSupBenchmark:
             self.epochs[fraction] = (epochs, lr_drop_epoch(epochs, cfg.lr_drop_at))
 
     def run(self) -> dict[str, Any]:
-        """Pretraining chain (demo), then every run; the report is rewritten after every run."""
-        inits = ([run_chain(DEMO_PRETRAIN_CHAIN, self.files, self.out / "pretrain")] if self.cfg.demo else [])
-        inits += self.inits
-        progress = RunProgressLog(len(self.cfg.fractions) * len(self.cfg.seeds) * len(inits))
-        runs: list[dict[str, Any]] = []
-        results: dict[str, Any] = {}
+        """Pretraining chain (demo), then every run, ``--jobs`` at a time; the report is rewritten after
+        every run."""
+        jobs, inits = [], list(self.inits)
+        if self.cfg.demo:
+            jobs, chain_init = chain_jobs(DEMO_PRETRAIN_CHAIN, self.files, self.out / "pretrain")
+            inits.insert(0, chain_init)
+        runs: dict[str, dict[str, Any]] = {}  # fine-tune folder -> its record, in the report's order
         for fraction in self.cfg.fractions:
             for seed in self.cfg.seeds:
                 fold = write_fraction(self.files.train_json, self.out / "folds", fraction, seed).json_path
                 for init in inits:
-                    runs.append(self.run_one(fraction, seed, fold, init, progress))
-                    results = self.report(inits, runs)
-        return results
+                    record = self.run_record(fraction, seed, init)
+                    runs[record["dir"]] = record
+                    needs = (CHAIN_KEY,) if self.cfg.demo and init is inits[0] else ()
+                    jobs.append(Job(record["dir"], self.run_label(fraction, seed, init),
+                                    functools.partial(self.train_one, fraction, seed, fold, init),
+                                    self.out / record["dir"] / CONSOLE_LOG, needs))
+        progress = RunProgressLog(len(jobs))
+        for job in [job for job in jobs if job.key in runs]:
+            metrics = finished(self.out / job.key / METRICS_FILE)
+            if metrics is not None:
+                progress.skip(job.label, f"AP {metrics['AP']:.3f}")
+                runs[job.key]["metrics"] = metrics
+                jobs.remove(job)
 
-    def run_one(self, fraction: float, seed: int, fold: Path, init: Init, progress: RunProgressLog) -> dict[str, Any]:
-        """Fine-tunes ``init`` on one fold (or reads the finished run); returns its run record."""
+        def start(job: Job) -> None:
+            epochs = f" ({runs[job.key]['epochs']} epochs)" if job.key in runs else ""
+            progress.start(job.label, epochs)
+
+        def done(job: Job, metrics: dict[str, Any] | None) -> None:
+            if job.key in runs:
+                runs[job.key]["metrics"] = metrics
+                progress.done(job.label, f"AP {metrics['AP']:.3f}")
+                self.report(inits, [run for run in runs.values() if "metrics" in run])
+            else:
+                progress.done(job.label, "pretrained")
+
+        run_jobs(jobs, self.cfg.training.jobs, start, done)
+        return self.report(inits, [run for run in runs.values() if "metrics" in run])
+
+    def run_record(self, fraction: float, seed: int, init: Init) -> dict[str, Any]:
+        """What the report says about one run, before its metrics; ``dir`` is its folder."""
         epochs, lr_drop = self.epochs[fraction]
-        name = f"{format_percent(fraction)}pct/{init.name}_seed{seed}"
-        record = {"fraction": fraction, "init": init.name, "seed": seed, "dir": name, "epochs": epochs,
-                  "lr_drop": lr_drop, "num_labelled": labelled_images(self.num_images, fraction)}
-        label = f"{format_percent(fraction)}% labels, {init.name}, seed {seed}"
-        metrics = finished(self.out / name / METRICS_FILE)
-        if metrics is not None:
-            progress.skip(label, f"AP {metrics['AP']:.3f}")
-        else:
-            progress.start(f"{label} ({epochs} epochs)")
-            data = RunData(fold, self.files.train_images, self.files.val_json, self.files.val_images)
-            cfg = finetune_config(self.cfg.training, data, init, epochs, lr_drop, self.out / name, seed)
-            metrics = finetune(cfg)
-            progress.done(label, f"AP {metrics['AP']:.3f}")
-        return {**record, "metrics": metrics}
+        return {"fraction": fraction, "init": init.name, "seed": seed,
+                "dir": f"{format_percent(fraction)}pct/{init.name}_seed{seed}", "epochs": epochs,
+                "lr_drop": lr_drop, "num_labelled": labelled_images(self.num_images, fraction)}
+
+    @staticmethod
+    def run_label(fraction: float, seed: int, init: Init) -> str:
+        return f"{format_percent(fraction)}% labels, {init.name}, seed {seed}"
+
+    def train_one(self, fraction: float, seed: int, fold: Path, init: Init) -> dict[str, Any]:
+        """Fine-tunes ``init`` on one fold; returns its metrics."""
+        epochs, lr_drop = self.epochs[fraction]
+        data = RunData(fold, self.files.train_images, self.files.val_json, self.files.val_images)
+        return finetune(finetune_config(self.cfg.training, data, init, epochs, lr_drop,
+                                        self.out / self.run_record(fraction, seed, init)["dir"], seed))
 
     def report(self, inits: Sequence[Init], runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary = aggregate(runs, ["fraction", "init"])

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from detr_ssl.datasets import CocoDetection, collate_detection
 from detr_ssl.datasets.collate import Batch
+from detr_ssl.engine.logging import progress_bars_off
 from detr_ssl.engine.trainer import Evaluate
 from detr_ssl.evaluation import CocoEvaluator, postprocess
 from detr_ssl.evaluation.coco_eval import EvalBackend
@@ -36,7 +37,7 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator, dete
     was_training = model.training
     model.eval()
     results: list[dict[str, Any]] = []
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
+    for batch in tqdm(loader, desc="eval", leave=False, disable=progress_bars_off(accelerator.is_local_main_process)):
         outputs = detect(model, batch)
         orig_sizes = torch.stack([t["orig_size"] for t in batch.targets])
         detections = postprocess(outputs, orig_sizes, top_k=top_k)

@@ -1,11 +1,18 @@
-"""Scalar logging to CSV (always) and TensorBoard (optional), main process only."""
+"""Scalar logging to CSV (always) and TensorBoard (optional), main process only; where progress bars show."""
 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from detr_ssl.errors import ConfigError
+
+
+def progress_bars_off(main_process: bool) -> bool:
+    """Progress bars show in the main process only, and not where tqdm's own ``TQDM_DISABLE`` is set (a
+    benchmark's worker process, whose output goes to a log file)."""
+    return not main_process or bool(os.environ.get("TQDM_DISABLE"))
 
 
 class ScalarLogger:

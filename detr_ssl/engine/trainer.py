@@ -22,7 +22,7 @@ from detr_ssl.datasets.collate import collate_detection
 from detr_ssl.distributed import all_reduce_sum
 from detr_ssl.engine.checkpoint import load_training_checkpoint, resolve_resume, save_training_checkpoint
 from detr_ssl.engine.data import SeededAugmentation, training_loader
-from detr_ssl.engine.logging import ScalarLogger
+from detr_ssl.engine.logging import ScalarLogger, progress_bars_off
 from detr_ssl.engine.optim import build_optimizer, build_scheduler
 from detr_ssl.engine.rng import rng_state, set_rng_state
 from detr_ssl.errors import NonFiniteError
@@ -179,7 +179,7 @@ class Trainer:
             loader = self.accelerator.skip_first_batches(self.loader, self.progress.batch_in_epoch)
         self.model.train()
         with tqdm(loader, desc=f"epoch {epoch + 1}/{self.optim_cfg.epochs}", leave=False,
-                  disable=not self.accelerator.is_local_main_process, dynamic_ncols=True) as bar:
+                  disable=progress_bars_off(self.accelerator.is_local_main_process), dynamic_ncols=True) as bar:
             for batch in bar:
                 with self.accelerator.accumulate(self.model):
                     loss = self._loss_or_skip(batch)

@@ -77,7 +77,7 @@ def test_paired_differences_compare_each_seed_with_random_init_on_it() -> None:
 
 def _tiny_argv(out: Path) -> list[str]:
     return ["--demo", "--tasks", "swav", "detreg", "--fractions", "0.5", "--seeds", "1", "2",
-            "--output-dir", str(out), "--max-steps", "2",
+            "--output-dir", str(out), "--max-steps", "2", "--jobs", "1",
             "--pretrain-flags", "swav=--epochs 1 --max-steps 2 --batch-size 8",
             "--pretrain-flags", "detreg=--epochs 1 --max-steps 2 --crop-size 64"]
 
@@ -165,3 +165,19 @@ def test_each_stage_runs_behind_the_launcher_as_this_module(tmp_path: Path) -> N
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "pretrain detreg (on swav)" in result.stdout and "stages" in result.stdout
+
+
+def test_the_demo_runs_two_stages_at_a_time_each_after_the_stages_it_needs(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    handed: dict[str, object] = {}
+    monkeypatch.setattr(compare_module, "run_jobs", lambda jobs, workers, on_start, on_done: handed.update(
+        jobs=jobs, workers=workers))
+    argv = ["--demo", "--output-dir", str(tmp_path / "cmp")]
+    comparison = Comparison(parse_compare_args(argv))
+    compare_module.run_stages(comparison, argv)
+    stages = comparison.plan.stages
+    assert handed["workers"] == 2 and len(handed["jobs"]) == len(stages)
+    for job, stage in zip(handed["jobs"], stages):
+        assert job.needs == tuple(str(stages.index(need) + 1) for need in comparison.plan.needs(stage))
+        assert job.log_file.parent == comparison.stage_dir(stage) and job.work.args[-1] == int(job.key)
+    assert any(job.needs for job in handed["jobs"]) and not handed["jobs"][0].needs

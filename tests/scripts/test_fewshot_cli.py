@@ -4,6 +4,7 @@ per stage."""
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 from launch import run_captured
 
 from detr_ssl.cli.common import run_main
-from detr_ssl.cli.fewshot import main
+from detr_ssl.cli.fewshot import FewShotBenchmark, main, parse_fewshot_args
 from detr_ssl.engine.checkpoint import load_pretrained
 from detr_ssl.evaluation import METRIC_NAMES
 from detr_ssl.models.config import model_preset
@@ -107,6 +108,15 @@ def test_stage_two_starts_from_stage_one_with_a_new_class_head(fewshot_run) -> N
     _, dropped = load_pretrained(build_model(model_preset("tiny"), 5), out / "base_training" / "checkpoint.pth")
     assert set(dropped) == reshaped
     assert f"initialised from {out / 'base_training' / 'checkpoint.pth'}" in stdout
+
+
+def test_a_worker_gets_the_benchmark_without_the_training_document(fewshot_run) -> None:
+    root, out, _ = fewshot_run
+    benchmark = FewShotBenchmark(parse_fewshot_args(["--coco-root", str(root), *TINY, "--output-dir", str(out)]))
+    document = benchmark.train_document
+    assert "train_document" not in benchmark.__getstate__()  # COCO's is hundreds of MB
+    copy = pickle.loads(pickle.dumps(benchmark))
+    assert copy.train_document == document and copy.groups == benchmark.groups
 
 
 def test_rerun_skips_finished_runs(fewshot_run) -> None:

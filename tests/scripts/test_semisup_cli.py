@@ -16,15 +16,17 @@ from launch import run_captured
 
 from detr_ssl.cli.finetune_runs import RunData
 from detr_ssl.cli.common import run_main
+from detr_ssl.cli.run_pool import run_jobs
 from detr_ssl.cli.semisup import (
+    CHAIN_KEY,
     DEMO_PRETRAIN_CHAIN,
     PretrainStep,
     SemiSupConfig,
+    chain_jobs,
     main,
     parse_inits,
     parse_schedule,
     plot_ap_vs_fraction,
-    run_chain,
     step_argv,
 )
 from detr_ssl.cli.pretrain import parse_pretrain_args
@@ -53,12 +55,13 @@ def small_data(demo_data, tmp_path_factory: pytest.TempPathFactory) -> list[str]
 @pytest.fixture(scope="module")
 def semisup_run(small_data, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, str]:
     """(argv, output folder, stdout) of a finished tiny benchmark: 25% and 50% of 16 images, random and
-    backbone-only init; the schedule gives 50% one epoch, so 25% (half the images) gets two."""
+    backbone-only init, two runs side by side; the schedule gives 50% one epoch, so 25% (half the images)
+    gets two."""
     folder = tmp_path_factory.mktemp("semisup")
     backbone = folder / "resnet18.pth"
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), backbone)
     argv = [*small_data, *TINY, "--fractions", "0.25", "0.5", "--schedule", "0.5=1", "--random-init",
-            "--backbone-init", str(backbone), "--output-dir", str(folder / "out")]
+            "--backbone-init", str(backbone), "--output-dir", str(folder / "out"), "--jobs", "2"]
     code, stdout = run_captured(main, argv)
     assert code == 0, stdout
     return argv, folder / "out", stdout
@@ -80,6 +83,12 @@ def test_results_table_and_plot(semisup_run) -> None:
     assert (out / "ap_vs_fraction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "folds" / "train.42@25.json").is_file() and (out / "folds" / "train.42@50.image_ids.json").is_file()
     assert stdout.count(": done in ") == 4
+    # The runs ran in two workers, each run's own output in its folder; the report keeps the runs' order.
+    assert [(run["fraction"], run["init"]) for run in results["runs"]] == [
+        (0.25, "backbone"), (0.25, "random"), (0.5, "backbone"), (0.5, "random")]
+    assert "metrics written to" not in stdout
+    for run in results["runs"]:
+        assert "metrics written to" in (out / run["dir"] / "console.log").read_text()
 
 
 def test_each_initialisation_reaches_the_model(semisup_run) -> None:
@@ -168,12 +177,21 @@ def test_chain_step_flags(tmp_path: Path) -> None:
 def test_chain_runs_once_and_hands_over_the_last_detector(small_data, tmp_path: Path, capsys) -> None:
     data = RunData(Path(small_data[1]), Path(small_data[5]), Path(small_data[3]), Path(small_data[5]))
     chain = (PretrainStep("detreg", ("--epochs", "1", "--max-steps", "1")),)
-    init = run_chain(chain, data, tmp_path / "pretrain")
+    jobs, init = chain_jobs(chain, data, tmp_path / "pretrain")
+    assert [job.key for job in jobs] == [CHAIN_KEY]
     assert init.name == "detreg" and init.pretrained == tmp_path / "pretrain" / "1-detreg" / "pretrained.pth"
+    run_jobs(jobs, 1, on_start=lambda job: None, on_done=lambda job, result: None)
     assert init.pretrained.is_file()
-    before = init.pretrained.stat().st_mtime_ns
-    assert run_chain(chain, data, tmp_path / "pretrain") == init
-    assert "finished before, skipped" in capsys.readouterr().out and init.pretrained.stat().st_mtime_ns == before
+    assert chain_jobs(chain, data, tmp_path / "pretrain") == ([], init)
+    assert "finished before, skipped" in capsys.readouterr().out
+
+
+def test_each_chain_step_waits_for_the_one_before(tmp_path: Path) -> None:
+    data = RunData(tmp_path / "train.json", tmp_path / "images", tmp_path / "val.json", tmp_path / "images")
+    jobs, init = chain_jobs(DEMO_PRETRAIN_CHAIN, data, tmp_path / "pretrain")
+    assert [job.needs for job in jobs] == [(), (jobs[0].key,)] and jobs[-1].key == CHAIN_KEY
+    assert init.name == DEMO_PRETRAIN_CHAIN[-1].task
+    assert "--teacher-checkpoint" in jobs[1].work.args[0] and "--teacher-checkpoint" not in jobs[0].work.args[0]
 
 
 def test_help_documents_the_flags(tmp_path: Path) -> None:
