@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark one DetReg pretraining step, split into its phases; target: teacher crop path <= 25% of the step.
+"""Benchmark one DetReg pretraining step, split into its phases; target: teacher crop path <= 25% of the step
+with the paper preset, <= 40% with the demo preset (whose tiny detector makes any teacher a larger share).
 
 Prints a table per model size and writes ``--output`` (default ``bench_results/pretrain_step.json``).
 
