@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from detr_ssl.models.msda.dispatch import Backend, check_backend_name, multi_scale_deformable_attention
+from detr_ssl.models.msda.layout import spelled_out
 
 
 class MSDeformAttn(nn.Module):
@@ -103,7 +104,7 @@ class MSDeformAttn(nn.Module):
         if reference_points.shape[-1] == 2:
             pixels = input_spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
             # out of place: under autocast the offsets are half precision, the sum float32 like the reference
-            locations = reference + offsets / pixels[:, None, :].expand(levels, points, 2).contiguous()
+            locations = reference + offsets / spelled_out(pixels[:, None, :], levels, points, 2)
         else:
             locations = offsets * reference[..., 2:]
             locations *= 0.5 / points
@@ -116,12 +117,6 @@ class MSDeformAttn(nn.Module):
 
 def over_points(per_level: Tensor, points: int) -> Tensor:
     """``(N, Lq, L, K)`` -> ``(N, Lq, 1, L, P, K)``: each level's value repeated for its ``P`` points, in
-    memory.
-
-    Operands of the ``(N, Lq, M, L, P, 2)`` location arithmetic are spelled out over the trailing
-    dimensions they broadcast along, so that the elementwise kernels run along the contiguous ``L * P * 2``
-    innermost values: broadcast along ``P`` as well, their innermost loop is the last dimension's two
-    values, and such short loops made these few operations several times slower than their size.
-    """
+    memory (see :func:`spelled_out`)."""
     n, queries, levels, size = per_level.shape
-    return per_level[:, :, None, :, None, :].expand(n, queries, 1, levels, points, size).contiguous()
+    return spelled_out(per_level[:, :, None, :, None, :], n, queries, 1, levels, points, size)

@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from detr_ssl.models.msda.export_formulation import bilinear_cells
+from detr_ssl.models.msda.layout import spelled_out
 from detr_ssl.models.msda.precision import autocast_disabled
 
 _PAD = 2
@@ -118,21 +119,10 @@ def _index_dtype(*sizes: int) -> torch.dtype:
     return torch.int32 if max(sizes) < 2**31 - 1 else torch.int64
 
 
-def _spelled_out(small: Tensor, *shape: int) -> Tensor:
-    """``small`` expanded to ``shape`` and copied into memory (a few hundred values at most).
-
-    The point tensors are ``(..., M, L, P, 2)``. An operand that broadcasts along ``P`` or ``M`` makes the
-    elementwise kernels loop over runs of just two (or ``P``) values, and such short loops made those
-    operations several times slower than their size; spelled out over the trailing dimensions, it lets
-    them run along ``M * L * P * 2`` contiguous values.
-    """
-    return small.expand(*shape).contiguous()
-
-
 def _level_sizes(levels: _Levels, dtype: torch.dtype, device: torch.device, heads: int, points: int) -> Tensor:
-    """``(M, L, P, 2)`` level ``(W, H)``, against ``(..., M, L, P, 2)`` locations (see `_spelled_out`)."""
+    """``(M, L, P, 2)`` level ``(W, H)``, against ``(..., M, L, P, 2)`` locations (see :func:`spelled_out`)."""
     sizes = torch.tensor([[w, h] for h, w in levels.shapes], dtype=dtype, device=device)
-    return _spelled_out(sizes.view(1, -1, 1, 2), heads, len(levels.shapes), points, 2)
+    return spelled_out(sizes.view(1, -1, 1, 2), heads, len(levels.shapes), points, 2)
 
 
 def _taps(levels: _Levels, locations: Tensor, attention: Tensor) -> _Taps:
@@ -150,17 +140,17 @@ def _taps(levels: _Levels, locations: Tensor, attention: Tensor) -> _Taps:
     cell = cell.to(itype).clamp_(low, sizes.to(itype) + _PAD)
 
     row_stride = [(w + 2 * _PAD) * heads for _, w in levels.shapes]  # padded rows: W + 2*_PAD pixels of M heads
-    top_left = cell[..., 1] * _spelled_out(torch.tensor(row_stride, dtype=itype, device=device).view(-1, 1),
+    top_left = cell[..., 1] * spelled_out(torch.tensor(row_stride, dtype=itype, device=device).view(-1, 1),
                                            n_levels, points)
     top_left.add_(cell[..., 0], alpha=heads)
-    top_left += _spelled_out(  # first row of image n, head m, level l
+    top_left += spelled_out(  # first row of image n, head m, level l
         torch.arange(n, dtype=itype, device=device).view(n, 1, 1, 1, 1) * (levels.padded_length * heads)
         + torch.arange(heads, dtype=itype, device=device).view(1, 1, heads, 1, 1)
         + (torch.tensor(levels.padded_starts, dtype=itype, device=device) * heads).view(1, 1, 1, n_levels, 1),
         n, 1, heads, n_levels, points)
     corner_offsets = torch.tensor([[0, heads, s, s + heads] for s in row_stride], dtype=itype, device=device)
     index = top_left.new_empty((n, queries, heads, _CORNERS, n_levels, points))
-    torch.add(top_left.unsqueeze(3), _spelled_out(corner_offsets.t().view(_CORNERS, n_levels, 1), _CORNERS,
+    torch.add(top_left.unsqueeze(3), spelled_out(corner_offsets.t().view(_CORNERS, n_levels, 1), _CORNERS,
                                                   n_levels, points), out=index)
 
     frac_x, frac_y = frac[..., 0], frac[..., 1]
