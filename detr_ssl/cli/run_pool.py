@@ -54,12 +54,13 @@ def run_jobs(jobs: Sequence[Job], workers: int, on_start: Callable[[Job], None],
         raise ValueError(f"job keys are not unique: {keys}")
     if workers < 1:
         raise ConfigError(f"--jobs needs a positive number of runs side by side, got {workers}")
+    ordered = _in_dependency_order(jobs)
     if workers == 1 or len(jobs) <= 1:
-        for job in _in_dependency_order(jobs):
+        for job in ordered:
             on_start(job)
             on_done(job, job.work())
         return
-    pending = list(jobs)
+    pending = ordered  # so some pending job is always ready once the runs under way have finished
     finished: set[str] = set()
     running: dict[Future[Any], Job] = {}
     context = get_context("spawn")  # fork would copy this process's torch thread pools and locks
@@ -70,8 +71,6 @@ def run_jobs(jobs: Sequence[Job], workers: int, on_start: Callable[[Job], None],
                 pending.remove(job)
                 on_start(job)
                 running[pool.submit(_run_logged, job.work, job.log_file)] = job
-            if not running:
-                raise ValueError(f"jobs {[job.key for job in pending]} wait on each other")
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 job = running.pop(future)
@@ -89,7 +88,8 @@ def _ready(job: Job, keys: Sequence[str], finished: set[str]) -> bool:
 
 
 def _in_dependency_order(jobs: Sequence[Job]) -> list[Job]:
-    """``jobs`` in their order, except that a job comes after the jobs it needs."""
+    """``jobs`` in their order, except that a job comes after the jobs it needs; ValueError when some
+    wait on each other."""
     keys = [job.key for job in jobs]
     ordered: list[Job] = []
     done: set[str] = set()
