@@ -38,6 +38,7 @@ from detr_ssl.cli.finetune_runs import (
     CONSOLE_LOG,
     DEMO_TRAINING,
     Init,
+    RunProgressLog,
     TrainingOptions,
     finished,
     parse_with_demo,
@@ -270,24 +271,17 @@ def compare(cfg: CompareConfig, argv: list[str]) -> dict[str, Any] | None:
 def run_stages(comparison: Comparison, argv: list[str]) -> None:
     """Every unfinished stage of the plan, ``--jobs`` at a time, each once the stages it needs have finished."""
     stages = comparison.plan.stages
-    jobs, started = [], {}
+    progress = RunProgressLog(len(stages))
+    jobs = []
     for number, stage in enumerate(stages, start=1):
-        label = f"[{number}/{len(stages)}] {stage.label}"
         if comparison.is_finished(stage):
-            print(f"{label}: finished before, skipped", flush=True)
+            progress.skip(stage.label, number=number)
             continue
         needs = tuple(str(stages.index(need) + 1) for need in comparison.plan.needs(stage))
-        jobs.append(Job(str(number), label, functools.partial(run_stage_job, comparison, argv, number),
+        jobs.append(Job(str(number), stage.label, functools.partial(run_stage_job, comparison, argv, number),
                         comparison.stage_dir(stage) / CONSOLE_LOG, needs))
-
-    def start(job: Job) -> None:
-        started[job.key] = time.monotonic()
-        print(f"{job.label}: running", flush=True)
-
-    def done(job: Job, _: None) -> None:
-        print(f"{job.label}: done in {(time.monotonic() - started.pop(job.key)) / 60:.1f} min", flush=True)
-
-    run_jobs(jobs, comparison.cfg.training.jobs, start, done)
+    run_jobs(jobs, comparison.cfg.training.jobs, lambda job: progress.start(job.label, number=int(job.key)),
+             lambda job, _: progress.done(job.label))
 
 
 def run_stage_job(comparison: Comparison, argv: list[str], number: int) -> None:

@@ -158,7 +158,8 @@ def finished(result_file: Path) -> Any | None:
 
 class RunProgressLog:
     """Prints one line when each run of a benchmark starts, is skipped, or ends (with its duration); runs
-    may overlap (``--jobs``), so each is known by its label."""
+    may overlap (``--jobs``), so each is known by its label. Runs are numbered as they start or are
+    skipped, unless the caller gives their ``number`` (a plan's stage number)."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -166,16 +167,24 @@ class RunProgressLog:
         self.started: dict[str, tuple[int, float]] = {}
         """label -> (its number, when it started)"""
 
-    def start(self, label: str, detail: str = "") -> None:
-        self.count += 1
-        self.started[label] = (self.count, time.monotonic())
-        print(f"[{self.count}/{self.total}] {label}{detail}: running", flush=True)
+    def start(self, label: str, detail: str = "", number: int | None = None) -> None:
+        number = self._number(number)
+        self.started[label] = (number, time.monotonic())
+        print(f"[{number}/{self.total}] {label}{detail}: running", flush=True)
 
-    def skip(self, label: str, summary: str) -> None:
-        self.count += 1
-        print(f"[{self.count}/{self.total}] {label}: finished before, skipped ({summary})", flush=True)
+    def skip(self, label: str, summary: str = "", number: int | None = None) -> None:
+        print(f"[{self._number(number)}/{self.total}] {label}: finished before, skipped{_parenthesised(summary)}",
+              flush=True)
 
-    def done(self, label: str, summary: str) -> None:
+    def done(self, label: str, summary: str = "") -> None:
         number, started = self.started.pop(label)
         minutes = (time.monotonic() - started) / 60
-        print(f"[{number}/{self.total}] {label}: done in {minutes:.1f} min ({summary})", flush=True)
+        print(f"[{number}/{self.total}] {label}: done in {minutes:.1f} min{_parenthesised(summary)}", flush=True)
+
+    def _number(self, given: int | None) -> int:
+        self.count += 1
+        return self.count if given is None else given
+
+
+def _parenthesised(summary: str) -> str:
+    return f" ({summary})" if summary else ""
