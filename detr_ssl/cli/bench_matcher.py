@@ -82,7 +82,8 @@ def calls(matcher: HungarianMatcher, logits: Tensor, boxes: Tensor, targets: Tar
     """Each method, as a call that matches this batch."""
     inputs = (logits, boxes, targets)
     return {OURS: partial(matcher, *inputs), OURS_PADDED: partial(matcher.match_padded, *inputs),
-            DETR_REFERENCE: partial(detr_reference, matcher, *inputs), PER_IMAGE: partial(per_image_loop, matcher, *inputs)}
+            DETR_REFERENCE: partial(detr_reference, matcher, *inputs),
+            PER_IMAGE: partial(per_image_loop, matcher, *inputs)}
 
 
 def repeated(call: Callable[[], MatchIndices], times: int) -> Callable[[], None]:

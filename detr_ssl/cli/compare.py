@@ -37,6 +37,7 @@ from detr_ssl.cli.common import run_main
 from detr_ssl.cli.finetune_runs import (
     CONSOLE_LOG,
     DEMO_TRAINING,
+    RESUME_FLAGS,
     Init,
     RunProgressLog,
     TrainingOptions,
@@ -158,7 +159,7 @@ class Comparison:
         cfg = self.cfg
         unlabeled = cfg.unlabeled or cfg.train_json
         argv = ["--task", stage.task, "--preset", cfg.pretrain_preset, "--model-size", cfg.training.model_size,
-                "--data", str(unlabeled), "--output-dir", str(stage.output_dir(self.root)), "--resume", "auto"]
+                "--data", str(unlabeled), "--output-dir", str(stage.output_dir(self.root)), *RESUME_FLAGS]
         if unlabeled == cfg.train_json:
             argv += ["--image-dir", str(cfg.images)]
         builds_on = PretrainStage(stage.builds_on).output_dir(self.root) if stage.builds_on else None

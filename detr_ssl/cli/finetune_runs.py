@@ -3,7 +3,9 @@ fine-tuning runs is configured, where it starts from, and when it counts as fini
 
 A benchmark is a sequence of ordinary `finetune` runs, each in its own folder. A run whose result file
 exists is finished and is skipped on a rerun; an unfinished one resumes from its latest checkpoint
-(``--resume auto``), so an interrupted benchmark continues where it stopped.
+(``--resume auto``), so an interrupted benchmark continues where it stopped. Each run keeps that one
+checkpoint and no older epoch file: a benchmark makes dozens of runs, and a second 100-200 MB file per run
+(the optimizer's moments included) added up to gigabytes that nothing reads.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from detr_ssl.errors import ConfigError, DataError
 from detr_ssl.models.config import model_preset
 
 C = TypeVar("C")
+
+BENCHMARK_KEEP_LAST = 1
+"""Epoch checkpoints a benchmark's run keeps (`RunConfig.keep_last`): the latest, which is all a resume needs."""
+RESUME_FLAGS = ("--resume", "auto", "--keep-last", str(BENCHMARK_KEEP_LAST))
+"""The `pretrain` flags of a benchmark's pretraining run: continue from its folder's latest checkpoint,
+keep only that one."""
 
 
 @functools.cache
@@ -146,8 +154,8 @@ def finetune_config(options: TrainingOptions, data: RunData, init: Init, epochs:
                      val_images=data.val_images, num_workers=options.num_workers),
         optim=replace(base.optim, epochs=epochs, lr_drop=lr_drop, batch_size=options.batch_size),
         run=replace(base.run, output_dir=output_dir, seed=base.run.seed if seed is None else seed, resume="auto",
-                    eval_every=epochs, checkpoint_every=options.checkpoint_every, max_steps=options.max_steps,
-                    cpu=options.cpu),
+                    keep_last=BENCHMARK_KEEP_LAST, eval_every=epochs, checkpoint_every=options.checkpoint_every,
+                    max_steps=options.max_steps, cpu=options.cpu),
     )
 
 

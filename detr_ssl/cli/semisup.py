@@ -34,6 +34,7 @@ import tyro
 from detr_ssl.cli.finetune_runs import (
     CONSOLE_LOG,
     DEMO_TRAINING,
+    RESUME_FLAGS,
     Init,
     RunData,
     RunProgressLog,
@@ -197,7 +198,7 @@ def data_files(cfg: SemiSupConfig) -> RunData:
 def step_argv(step: PretrainStep, output_dir: Path, data: RunData, previous: Path | None) -> list[str]:
     """The pretraining flags of one chain step: demo preset on the training images of ``data``."""
     argv = ["--task", step.task, "--preset", "demo", "--data", str(data.train_json), "--image-dir",
-            str(data.train_images), "--output-dir", str(output_dir), "--resume", "auto", *step.flags]
+            str(data.train_images), "--output-dir", str(output_dir), *RESUME_FLAGS, *step.flags]
     if previous is not None:
         for flag in step.from_previous:
             argv += [flag, str(previous / SWAV_LAYOUT_FILE)]

@@ -18,6 +18,7 @@ import detr_ssl.tasks as tasks_package
 from detr_ssl.cli.common import run_main
 from detr_ssl.cli.compare import STAGE_FILE, CompareConfig, Comparison, compare, demo_compare, parse_compare_args
 from detr_ssl.cli.compare_report import paired_differences
+from detr_ssl.cli.pretrain import parse_pretrain_args
 from detr_ssl.datasets.coco_json import read_json
 from detr_ssl.datasets.demo import DemoPaths
 from detr_ssl.errors import ConfigError
@@ -134,6 +135,14 @@ def test_dry_run_prints_every_stage_with_its_steps(tmp_path: Path, capsys: pytes
     assert "pretrain swav" in printed and "pretrain detreg (on swav)" in printed
     assert printed.count("finetune ") == 6 and "8 stages" in printed
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_pretraining_stage_resumes_and_keeps_one_checkpoint(tmp_path: Path) -> None:
+    comparison = Comparison(parse_compare_args(_tiny_argv(tmp_path / "cmp")))
+    for stage in comparison.plan.stages:
+        if isinstance(stage, PretrainStage):
+            run = parse_pretrain_args(comparison.pretrain_argv(stage)).run
+            assert (run.resume, run.keep_last, run.output_dir) == ("auto", 1, comparison.stage_dir(stage))
 
 
 def test_a_stage_refuses_to_run_before_what_it_needs(tmp_path: Path) -> None:

@@ -56,12 +56,13 @@ def small_data(demo_data, tmp_path_factory: pytest.TempPathFactory) -> list[str]
 def semisup_run(small_data, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, str]:
     """(argv, output folder, stdout) of a finished tiny benchmark: 25% and 50% of 16 images, random and
     backbone-only init, two runs side by side; the schedule gives 50% one epoch, so 25% (half the images)
-    gets two."""
+    gets two, with a checkpoint after each."""
     folder = tmp_path_factory.mktemp("semisup")
     backbone = folder / "resnet18.pth"
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), backbone)
     argv = [*small_data, *TINY, "--fractions", "0.25", "0.5", "--schedule", "0.5=1", "--random-init",
-            "--backbone-init", str(backbone), "--output-dir", str(folder / "out"), "--jobs", "2"]
+            "--backbone-init", str(backbone), "--output-dir", str(folder / "out"), "--jobs", "2",
+            "--checkpoint-every", "1"]
     code, stdout = run_captured(main, argv)
     assert code == 0, stdout
     return argv, folder / "out", stdout
@@ -100,6 +101,16 @@ def test_each_initialisation_reaches_the_model(semisup_run) -> None:
     assert configs["random"]["model"]["backbone_weights"] is None and configs["random"]["pretrained"] is None
     assert configs["random"]["data"]["train_json"].endswith("train.42@50.json")
     assert configs["random"]["data"]["val_json"].endswith("val.json")  # the full val set
+
+
+def test_each_run_keeps_only_its_last_checkpoint(semisup_run) -> None:
+    _, out, _ = semisup_run
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    for run in runs:
+        folder = out / run["dir"]
+        last = folder / f"checkpoint_{run['epochs']:04d}.pth"
+        assert sorted(folder.glob("checkpoint*.pth")) == [folder / "checkpoint.pth", last]
+        assert (folder / "checkpoint.pth").samefile(last)
 
 
 def test_rerun_skips_finished_runs(semisup_run) -> None:
@@ -169,6 +180,7 @@ def test_chain_step_flags(tmp_path: Path) -> None:
     assert later[later.index("--teacher-checkpoint") + 1] == swav_file
     cfg = parse_pretrain_args(later)  # every flag exists in the pretraining CLI
     assert (cfg.task, cfg.preset, cfg.optim.epochs, cfg.backbone_init) == ("detreg", "demo", 3, Path(swav_file))
+    assert (cfg.run.resume, cfg.run.keep_last) == ("auto", 1)
     assert cfg.data.data == data.train_json and cfg.detreg.teacher_checkpoint == Path(swav_file)
     for step in DEMO_PRETRAIN_CHAIN:  # the demo's own flags parse too
         assert step.task in all_tasks() and parse_pretrain_args(step_argv(step, tmp_path, data, None)).task == step.task
