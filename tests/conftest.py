@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,18 @@ import torch
 from PIL import Image
 
 from detr_ssl.datasets.demo import DemoPaths, demo_detection_dataset, demo_unlabeled_images
+
+SUITE_PEAK_DISK_GIB = 5
+"""About the most the suite holds on disk at once, mostly short runs' checkpoints (4.5 GiB measured)."""
+
+
+def pytest_report_header() -> str:
+    """The free space where the tests write, in the run's header: a run that fails for want of it says so
+    up front instead of in a cascade of unrelated-looking errors."""
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free / 2**30
+    line = f"free disk under {folder}: {free:.1f} GiB (the suite needs about {SUITE_PEAK_DISK_GIB} GiB)"
+    return line if free >= SUITE_PEAK_DISK_GIB else f"WARNING: {line}; tests that write checkpoints will fail"
 
 
 @dataclass(frozen=True)
