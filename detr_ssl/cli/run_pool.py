@@ -63,9 +63,9 @@ def run_jobs(jobs: Sequence[Job], workers: int, on_start: Callable[[Job], None],
     pending = ordered  # so some pending job is always ready once the runs under way have finished
     finished: set[str] = set()
     running: dict[Future[Any], Job] = {}
+    workers = min(workers, len(jobs))  # the threads are shared among the workers that exist
     context = get_context("spawn")  # fork would copy this process's torch thread pools and locks
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_start_worker,
-                             initargs=(workers,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(workers,)) as pool:
         while pending or running:
             for job in [job for job in pending if _ready(job, keys, finished)][:workers - len(running)]:
                 pending.remove(job)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import functools
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from detr_ssl.cli import run_pool
 from detr_ssl.cli.run_pool import Job, run_jobs
 from detr_ssl.errors import ConfigError, DataError
 
@@ -63,6 +65,20 @@ def test_two_workers_run_each_job_after_what_it_needs_with_its_output_in_its_log
     assert "says hello" not in capfd.readouterr().out
     for key in results:
         assert f"job {key} says hello" in (tmp_path / key / "console.log").read_text()
+
+
+def test_the_threads_are_shared_among_the_workers_there_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pools = []
+
+    class RecordedPool(ProcessPoolExecutor):
+        def __init__(self, max_workers: int, **options: Any) -> None:
+            pools.append((max_workers, options["initargs"]))
+            super().__init__(max_workers, **options)
+
+    monkeypatch.setattr(run_pool, "ProcessPoolExecutor", RecordedPool)
+    _, results = _run([_job(tmp_path, "a"), _job(tmp_path, "b")], workers=4)
+    assert set(results) == {"a", "b"}
+    assert pools == [(2, (2,))]  # two jobs: two workers, each with half the threads (not a quarter)
 
 
 def test_the_first_failure_names_the_run_and_its_log_and_starts_nothing_after_it(tmp_path: Path) -> None:
