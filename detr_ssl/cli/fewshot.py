@@ -47,7 +47,14 @@ from detr_ssl.config import FinetuneConfig, to_plain
 from detr_ssl.datasets import demo_detection_dataset
 from detr_ssl.datasets.coco_json import read_json
 from detr_ssl.errors import ConfigError, DataError
-from detr_ssl.protocols import base_training_set, kshot_document, sample_k_shot, split_categories, write_selection_json
+from detr_ssl.protocols import (
+    KShotSelection,
+    base_training_set,
+    kshot_document,
+    sample_k_shot,
+    split_categories,
+    write_selection_json,
+)
 from detr_ssl.protocols.report import aggregate, field_column, markdown_table, metric_column, write_report
 
 BASE_DIR = "base_training"
@@ -176,19 +183,20 @@ class FewShotBenchmark:
             self.progress.done(label, f"base-class AP {metrics['AP']:.3f}")
         return {"dir": BASE_DIR, "metrics": metrics}
 
-    def fewshot_record(self, k: int, seed: int) -> dict[str, Any]:
-        """What the report says about the stage-2 run of (K, seed), before its metrics; ``dir`` is its folder."""
-        selection = sample_k_shot(self.train_document, k, seed)
+    @staticmethod
+    def fewshot_record(k: int, seed: int, selection: KShotSelection) -> dict[str, Any]:
+        """What the report says about the stage-2 run of (K, seed) on its K-shot ``selection``, before its
+        metrics; ``dir`` is its folder."""
         return {"shots": k, "seed": seed, "dir": _run_name(k, seed), "num_images": len(selection.image_ids),
                 "num_annotations": len(selection.annotation_ids)}
 
-    def fewshot_train(self, k: int, seed: int) -> dict[str, Any]:
-        """Stage 2 for one (K, seed): writes its selection and training set, fine-tunes; returns its metrics."""
+    def fewshot_train(self, k: int, seed: int, selection: KShotSelection) -> dict[str, Any]:
+        """Stage 2 for one (K, seed) on its K-shot ``selection``: writes the selection and its training set,
+        fine-tunes; returns its metrics."""
         from detr_ssl.engine.checkpoint import LATEST
 
         name = _run_name(k, seed)
         run_dir = self.out / name
-        selection = sample_k_shot(self.train_document, k, seed)
         write_selection_json(run_dir / SELECTION_FILE, selection, k, seed)
         train_json = run_dir / f"train_{name}.json"
         atomic_write_json(train_json, kshot_document(self.train_document, selection))
@@ -209,7 +217,8 @@ class FewShotBenchmark:
         jobs = []
         for k in self.cfg.shots:
             for seed in self.cfg.seeds:
-                record = self.fewshot_record(k, seed)
+                selection = sample_k_shot(self.train_document, k, seed)
+                record = self.fewshot_record(k, seed, selection)
                 runs[record["dir"]] = record
                 label = f"stage 2: K={k}, seed {seed}"
                 metrics = finished(self.out / record["dir"] / FEWSHOT_METRICS_FILE)
@@ -217,7 +226,7 @@ class FewShotBenchmark:
                     self.progress.skip(label, _summary(metrics))
                     record["metrics"] = metrics
                 else:
-                    jobs.append(Job(record["dir"], label, functools.partial(self.fewshot_train, k, seed),
+                    jobs.append(Job(record["dir"], label, functools.partial(self.fewshot_train, k, seed, selection),
                                     self.out / record["dir"] / CONSOLE_LOG))
 
         def done(job: Job, metrics: dict[str, Any]) -> None:

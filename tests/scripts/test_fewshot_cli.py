@@ -81,6 +81,9 @@ def test_selection_is_recorded_next_to_the_run(fewshot_run) -> None:
     assert set(selection["annotation_ids"]) <= {a["id"] for a in train["annotations"]}
     assert set(selection["image_ids"]) <= {image["id"] for image in train["images"]}
     assert all(count <= 1 for count in selection["per_class_counts"].values())
+    record = next(run for run in json.loads((out / "results.json").read_text())["runs"] if run["dir"] == "1shot_seed0")
+    assert (record["num_images"], record["num_annotations"]) == (len(selection["image_ids"]),
+                                                                 len(selection["annotation_ids"]))
     kshot = json.loads((out / "1shot_seed0" / "train_1shot_seed0.json").read_text())
     assert sorted(a["id"] for a in kshot["annotations"]) == selection["annotation_ids"]
     assert kshot["categories"] == train["categories"]
