@@ -290,23 +290,22 @@ class SemiSupBenchmark:
             jobs, chain_init = chain_jobs(DEMO_PRETRAIN_CHAIN, self.files, self.out / "pretrain")
             inits.insert(0, chain_init)
         runs: dict[str, dict[str, Any]] = {}  # fine-tune folder -> its record, in the report's order
+        progress = RunProgressLog(len(jobs) + len(self.cfg.fractions) * len(self.cfg.seeds) * len(inits))
         for fraction in self.cfg.fractions:
             for seed in self.cfg.seeds:
                 fold = write_fraction(self.files.train_json, self.out / "folds", fraction, seed).json_path
                 for init in inits:
                     record = self.run_record(fraction, seed, init)
                     runs[record["dir"]] = record
+                    label = self.run_label(fraction, seed, init)
+                    metrics = finished(self.out / record["dir"] / METRICS_FILE)
+                    if metrics is not None:
+                        progress.skip(label, f"AP {metrics['AP']:.3f}")
+                        record["metrics"] = metrics
+                        continue
                     needs = (CHAIN_KEY,) if self.cfg.demo and init is inits[0] else ()
-                    jobs.append(Job(record["dir"], self.run_label(fraction, seed, init),
-                                    functools.partial(self.train_one, fraction, seed, fold, init),
+                    jobs.append(Job(record["dir"], label, functools.partial(self.train_one, fraction, seed, fold, init),
                                     self.out / record["dir"] / CONSOLE_LOG, needs))
-        progress = RunProgressLog(len(jobs))
-        for job in [job for job in jobs if job.key in runs]:
-            metrics = finished(self.out / job.key / METRICS_FILE)
-            if metrics is not None:
-                progress.skip(job.label, f"AP {metrics['AP']:.3f}")
-                runs[job.key]["metrics"] = metrics
-                jobs.remove(job)
 
         def start(job: Job) -> None:
             epochs = f" ({runs[job.key]['epochs']} epochs)" if job.key in runs else ""
@@ -326,9 +325,8 @@ class SemiSupBenchmark:
     def run_record(self, fraction: float, seed: int, init: Init) -> dict[str, Any]:
         """What the report says about one run, before its metrics; ``dir`` is its folder."""
         epochs, lr_drop = self.epochs[fraction]
-        return {"fraction": fraction, "init": init.name, "seed": seed,
-                "dir": f"{format_percent(fraction)}pct/{init.name}_seed{seed}", "epochs": epochs,
-                "lr_drop": lr_drop, "num_labelled": labelled_images(self.num_images, fraction)}
+        return {"fraction": fraction, "init": init.name, "seed": seed, "dir": _run_name(fraction, seed, init),
+                "epochs": epochs, "lr_drop": lr_drop, "num_labelled": labelled_images(self.num_images, fraction)}
 
     @staticmethod
     def run_label(fraction: float, seed: int, init: Init) -> str:
@@ -339,7 +337,7 @@ class SemiSupBenchmark:
         epochs, lr_drop = self.epochs[fraction]
         data = RunData(fold, self.files.train_images, self.files.val_json, self.files.val_images)
         return finetune(finetune_config(self.cfg.training, data, init, epochs, lr_drop,
-                                        self.out / self.run_record(fraction, seed, init)["dir"], seed))
+                                        self.out / _run_name(fraction, seed, init), seed))
 
     def report(self, inits: Sequence[Init], runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary = aggregate(runs, ["fraction", "init"])
@@ -357,6 +355,11 @@ class SemiSupBenchmark:
         print(f"results written to {json_path}, {md_path}" + (f", {self.out / PLOT_FILE}" if plotted else ""),
               flush=True)
         return results
+
+
+def _run_name(fraction: float, seed: int, init: Init) -> str:
+    """A fine-tune's folder, under the benchmark's output folder."""
+    return f"{format_percent(fraction)}pct/{init.name}_seed{seed}"
 
 
 def semisup(cfg: SemiSupConfig) -> dict[str, Any]:
