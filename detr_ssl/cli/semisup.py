@@ -54,7 +54,7 @@ from detr_ssl.datasets import demo_detection_dataset
 from detr_ssl.datasets.coco_json import read_json
 from detr_ssl.errors import ConfigError
 from detr_ssl.plotting import new_figure, save_figure
-from detr_ssl.protocols import format_percent, write_fraction
+from detr_ssl.protocols import format_percent, fraction_run_name, write_fraction
 from detr_ssl.protocols.report import aggregate, field_column, markdown_table, metric_column, write_report
 from detr_ssl.protocols.schedule import PUBLISHED_EPOCHS, fraction_epochs, labelled_images, lr_drop_epoch
 from detr_ssl.tasks.options.backbone import SWAV_LAYOUT_FILE
@@ -325,8 +325,9 @@ class SemiSupBenchmark:
     def run_record(self, fraction: float, seed: int, init: Init) -> dict[str, Any]:
         """What the report says about one run, before its metrics; ``dir`` is its folder."""
         epochs, lr_drop = self.epochs[fraction]
-        return {"fraction": fraction, "init": init.name, "seed": seed, "dir": _run_name(fraction, seed, init),
-                "epochs": epochs, "lr_drop": lr_drop, "num_labelled": labelled_images(self.num_images, fraction)}
+        return {"fraction": fraction, "init": init.name, "seed": seed,
+                "dir": fraction_run_name(fraction, init.name, seed), "epochs": epochs, "lr_drop": lr_drop,
+                "num_labelled": labelled_images(self.num_images, fraction)}
 
     @staticmethod
     def run_label(fraction: float, seed: int, init: Init) -> str:
@@ -337,7 +338,7 @@ class SemiSupBenchmark:
         epochs, lr_drop = self.epochs[fraction]
         data = RunData(fold, self.files.train_images, self.files.val_json, self.files.val_images)
         return finetune(finetune_config(self.cfg.training, data, init, epochs, lr_drop,
-                                        self.out / _run_name(fraction, seed, init), seed))
+                                        self.out / fraction_run_name(fraction, init.name, seed), seed))
 
     def report(self, inits: Sequence[Init], runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary = aggregate(runs, ["fraction", "init"])
@@ -355,11 +356,6 @@ class SemiSupBenchmark:
         print(f"results written to {json_path}, {md_path}" + (f", {self.out / PLOT_FILE}" if plotted else ""),
               flush=True)
         return results
-
-
-def _run_name(fraction: float, seed: int, init: Init) -> str:
-    """A fine-tune's folder, under the benchmark's output folder."""
-    return f"{format_percent(fraction)}pct/{init.name}_seed{seed}"
 
 
 def semisup(cfg: SemiSupConfig) -> dict[str, Any]:

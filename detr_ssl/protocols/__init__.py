@@ -13,6 +13,7 @@ from detr_ssl.protocols.few_shot import (
 from detr_ssl.protocols.label_fractions import (
     FractionFiles,
     format_percent,
+    fraction_run_name,
     read_stac_fold,
     read_ut_id_lists,
     select_image_ids,
@@ -33,6 +34,7 @@ __all__ = [
     "write_selection_json",
     "FractionFiles",
     "format_percent",
+    "fraction_run_name",
     "read_stac_fold",
     "read_ut_id_lists",
     "select_image_ids",

@@ -23,7 +23,7 @@ from typing import Literal
 
 from detr_ssl.config import PRETRAINED_FILE
 from detr_ssl.errors import ConfigError
-from detr_ssl.protocols.label_fractions import format_percent
+from detr_ssl.protocols.label_fractions import format_percent, fraction_run_name
 from detr_ssl.tasks import all_tasks
 from detr_ssl.tasks.options.backbone import SWAV_LAYOUT_FILE, BackboneOptions
 
@@ -83,8 +83,8 @@ class FinetuneStage:
 
     @property
     def run_name(self) -> str:
-        """The run's folder under the fine-tuning root (as ``scripts/semisup.py`` names it)."""
-        return f"{format_percent(self.fraction)}pct/{self.method.name}_seed{self.seed}"
+        """The run's folder under the fine-tuning root (the semisup driver runs it there)."""
+        return fraction_run_name(self.fraction, self.method.name, self.seed)
 
 
 Stage = PretrainStage | FinetuneStage

@@ -39,6 +39,7 @@ from detr_ssl.errors import ConfigError, DataError
 __all__ = [
     "FractionFiles",
     "format_percent",
+    "fraction_run_name",
     "select_image_ids",
     "subset_coco",
     "stac_fold_name",
@@ -72,6 +73,12 @@ def format_percent(fraction: float) -> str:
     pct = round(_check_fraction(fraction) * 100.0, 6)
     text = f"{pct:.6f}".rstrip("0").rstrip(".")
     return text
+
+
+def fraction_run_name(fraction: float, init: str, seed: int) -> str:
+    """The folder of one fine-tune of a label-fraction benchmark, under its output folder: the
+    initialisation ``init`` on ``fraction`` of the labels with ``seed`` (``25pct/detreg_seed42``)."""
+    return f"{format_percent(fraction)}pct/{init}_seed{seed}"
 
 
 def select_image_ids(image_ids: Sequence[int], fraction: float, seed: int = 42) -> list[int]:

@@ -12,6 +12,7 @@ import pytest
 from detr_ssl.errors import ConfigError, DataError
 from detr_ssl.protocols.label_fractions import (
     format_percent,
+    fraction_run_name,
     read_stac_fold,
     read_ut_id_lists,
     select_image_ids,
@@ -82,6 +83,7 @@ def test_subset_keeps_images_annotations_and_categories() -> None:
 def test_percent_format_like_stac(fraction: float, text: str) -> None:
     assert format_percent(fraction) == text
     assert stac_fold_name("instances_train2017", 3, fraction) == f"instances_train2017.3@{text}.json"
+    assert fraction_run_name(fraction, "detreg", 3) == f"{text}pct/detreg_seed3"
 
 
 def test_write_fraction_and_read_back(tmp_path: Path) -> None:
