@@ -234,7 +234,7 @@ class Comparison:
         for number, stage in enumerate(self.plan.stages, start=1):
             steps = self.pretrain_steps(stage) if isinstance(stage, PretrainStage) else self.finetune_steps(stage)
             total += steps
-            needs = [str(self.plan.stages.index(need) + 1) for need in self.plan.needs(stage)]
+            needs = [str(number) for number in self.plan.needed_numbers(stage)]
             state = "finished" if self.is_finished(stage) else "to run"
             lines.append(f"{number:>4}  {stage.label:<48} {steps:>8} steps  needs {','.join(needs) or '-':<6} {state}")
         lines.append(f"{len(self.plan.stages)} stages, {total} optimizer steps in all")
@@ -278,7 +278,7 @@ def run_stages(comparison: Comparison, argv: list[str]) -> None:
         if comparison.is_finished(stage):
             progress.skip(stage.label, number=number)
             continue
-        needs = tuple(str(stages.index(need) + 1) for need in comparison.plan.needs(stage))
+        needs = tuple(str(number) for number in comparison.plan.needed_numbers(stage))
         jobs.append(Job(str(number), stage.label, functools.partial(run_stage_job, comparison, argv, number),
                         comparison.stage_dir(stage) / CONSOLE_LOG, needs))
     run_jobs(jobs, comparison.cfg.training.jobs, lambda job: progress.start(job.label, number=int(job.key)),

@@ -117,6 +117,10 @@ class Plan:
         task = stage.builds_on if isinstance(stage, PretrainStage) else stage.method.task
         return [pretrain for pretrain in self.pretraining if pretrain.task == task]
 
+    def needed_numbers(self, stage: Stage) -> list[int]:
+        """The stage numbers of :meth:`needs`."""
+        return [self.stages.index(need) + 1 for need in self.needs(stage)]
+
 
 def comparison_methods(tasks: Sequence[str], chain: str | None) -> list[Method]:
     """Random init, the backbone-only baseline (the chain backbone, if any), then every task in ``tasks``

@@ -59,6 +59,7 @@ def test_the_plan_pretrains_the_chain_first_and_starts_detector_pretexts_from_it
     detreg = next(stage for stage in plan.finetuning if stage.method.name == "detreg")
     assert [need.task for need in plan.needs(detreg)] == ["detreg"]
     assert plan.needs(plan.pretraining[1]) == [plan.pretraining[0]]
+    assert plan.needed_numbers(detreg) == [2] and plan.needed_numbers(plan.pretraining[0]) == []
     with pytest.raises(ConfigError, match="unknown task"):
         build_plan(("nosuchtask",), "swav", (0.1,), (1,))
     with pytest.raises(ConfigError, match="not a backbone pretext"):
