@@ -141,7 +141,7 @@ def _taps(levels: _Levels, locations: Tensor, attention: Tensor) -> _Taps:
 
     row_stride = [(w + 2 * _PAD) * heads for _, w in levels.shapes]  # padded rows: W + 2*_PAD pixels of M heads
     top_left = cell[..., 1] * spelled_out(torch.tensor(row_stride, dtype=itype, device=device).view(-1, 1),
-                                           n_levels, points)
+                                          n_levels, points)
     top_left.add_(cell[..., 0], alpha=heads)
     top_left += spelled_out(  # first row of image n, head m, level l
         torch.arange(n, dtype=itype, device=device).view(n, 1, 1, 1, 1) * (levels.padded_length * heads)
@@ -151,7 +151,7 @@ def _taps(levels: _Levels, locations: Tensor, attention: Tensor) -> _Taps:
     corner_offsets = torch.tensor([[0, heads, s, s + heads] for s in row_stride], dtype=itype, device=device)
     index = top_left.new_empty((n, queries, heads, _CORNERS, n_levels, points))
     torch.add(top_left.unsqueeze(3), spelled_out(corner_offsets.t().view(_CORNERS, n_levels, 1), _CORNERS,
-                                                  n_levels, points), out=index)
+                                                 n_levels, points), out=index)
 
     frac_x, frac_y = frac[..., 0], frac[..., 1]
     bottom = attention * frac_y  # attention x vertical bilinear weight of the bottom / top row
